@@ -6,11 +6,20 @@ here; everything else is an implementation detail.
 
 from __future__ import annotations
 
+from ffkit import data, models, plot, train
 from ffkit._setup import setup
+from ffkit.data import load_dataset
+from ffkit.train import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "setup",
+    "load_dataset",
+    "fit",
+    "data",
+    "models",
+    "plot",
+    "train",
 ]
