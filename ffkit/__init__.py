@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ffkit import data, models, plot, train
 from ffkit._setup import setup
+from ffkit.autodiff import Dual, jvp, module_jvp
 from ffkit.data import load_dataset
 from ffkit.train import fit
 
@@ -16,6 +17,9 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "setup",
+    "Dual",
+    "jvp",
+    "module_jvp",
     "load_dataset",
     "fit",
     "data",
