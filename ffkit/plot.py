@@ -59,7 +59,9 @@ def use_style() -> None:
         from IPython import get_ipython
 
         ip = get_ipython()
-        if ip is not None:
+        if ip is not None and type(ip).__name__ == "ZMQInteractiveShell":
+            # A notebook kernel: draw figures inline as PNG, even if MPLBACKEND says otherwise.
+            ip.run_line_magic("matplotlib", "inline")
             from matplotlib_inline.backend_inline import set_matplotlib_formats
 
             set_matplotlib_formats("png")
