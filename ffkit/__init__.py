@@ -6,10 +6,11 @@ here; everything else is an implementation detail.
 
 from __future__ import annotations
 
-from ffkit import data, models, plot, train
+from ffkit import data, fg, models, plot, train
 from ffkit._setup import setup
 from ffkit.autodiff import Dual, jvp, module_jvp
 from ffkit.data import load_dataset
+from ffkit.fg import ForwardGradient, forward_gradient
 from ffkit.train import fit
 
 __version__ = "0.1.0"
@@ -22,7 +23,10 @@ __all__ = [
     "module_jvp",
     "load_dataset",
     "fit",
+    "forward_gradient",
+    "ForwardGradient",
     "data",
+    "fg",
     "models",
     "plot",
     "train",
