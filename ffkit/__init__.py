@@ -6,12 +6,13 @@ here; everything else is an implementation detail.
 
 from __future__ import annotations
 
-from ffkit import data, fg, models, plot, train
+from ffkit import data, fg, models, plot, train, variance
 from ffkit._setup import setup
 from ffkit.autodiff import Dual, jvp, module_jvp
 from ffkit.data import load_dataset
 from ffkit.fg import ForwardGradient, forward_gradient
 from ffkit.train import fit
+from ffkit.variance import measure_model
 
 __version__ = "0.1.0"
 
@@ -25,9 +26,11 @@ __all__ = [
     "fit",
     "forward_gradient",
     "ForwardGradient",
+    "measure_model",
     "data",
     "fg",
     "models",
     "plot",
     "train",
+    "variance",
 ]
