@@ -6,10 +6,11 @@ here; everything else is an implementation detail.
 
 from __future__ import annotations
 
-from ffkit import data, fg, models, plot, train, variance
+from ffkit import data, distributed, fg, models, plot, train, variance
 from ffkit._setup import setup
 from ffkit.autodiff import Dual, jvp, module_jvp
 from ffkit.data import load_dataset
+from ffkit.distributed import SharedSeedForwardGradient
 from ffkit.fg import ForwardGradient, forward_gradient
 from ffkit.train import fit
 from ffkit.variance import measure_model
@@ -26,8 +27,10 @@ __all__ = [
     "fit",
     "forward_gradient",
     "ForwardGradient",
+    "SharedSeedForwardGradient",
     "measure_model",
     "data",
+    "distributed",
     "fg",
     "models",
     "plot",

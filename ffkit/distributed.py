@@ -1,0 +1,596 @@
+"""Data parallelism on ``torch.distributed``: share a seed instead of a gradient.
+
+In data parallelism each of the ``W`` workers holds a copy of the parameters θ ∈ R^n and a shard
+of the global batch. With the per-shard loss a *mean*, the global loss is the average of the
+shard losses, f(θ) = (1/W) Σ_r f_r(θ), and so is every derivative of it.
+
+**Standard data parallelism** (:class:`AllReduceGradient`) computes ∇f_r(θ) by backprop on each
+worker and all-reduces it: every step, every worker hands **n** numbers (4n bytes in float32)
+to the collective, and gets back ∇f = (1/W) Σ_r ∇f_r.
+
+**Shared-seed forward gradient** (:class:`SharedSeedForwardGradient`). Every worker seeds a
+``torch.Generator`` from the same ``(seed, step)`` and so draws the *same* K tangents
+v_1, …, v_K ∈ R^n without sending them. Each worker computes only its K directional
+derivatives ∇f_r·v_k (forward mode, one JVP per tangent, see
+:func:`directional_derivatives`) and all-reduces those **K scalars** (4K bytes). By linearity
+(1/W) Σ_r ∇f_r·v_k = ∇f·v_k, so every worker now holds the directional derivatives of the
+global loss and forms the same forward gradient
+
+    g = (1/K) Σ_k (∇f·v_k) v_k,
+
+then applies the same update: the replicas never drift apart, and a W-process run follows the
+1-process run on the same global batch up to floating-point rounding. Communication no longer
+depends on n; the price is that every worker regenerates the K tangents (K·n random numbers)
+each step.
+
+The byte counts are measured, not assumed: every collective goes through
+:func:`all_reduce_mean`, which adds the payload it hands to ``torch.distributed.all_reduce``
+(``numel × element_size`` bytes, what one worker contributes) to a :class:`CommStats`. How many
+bytes the backend then puts on the wire depends on its algorithm (a ring all-reduce moves about
+2(W−1)/W times the payload per worker); the payload is the quantity both schemes share.
+
+Launching: the workers read the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``) in :func:`init_from_env`, with the ``gloo`` backend on CPU and
+``nccl`` on GPUs, e.g. ::
+
+    torchrun --standalone --nproc-per-node 2 -m ffkit dp-train --scheme shared-seed --directions 4
+
+:func:`launch_local` starts W such workers on this machine (127.0.0.1, a free port) from Python,
+collects their return values, and stops them all if one fails. A worker that dies or hangs makes
+the collectives of the others fail within the process group's timeout, and they raise
+:class:`WorkerFailureError` instead of waiting forever.
+
+Plotting communication against model size: the command ``python -m ffkit bench-comm`` writes
+the measurements; :func:`plot_communication` draws them.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import pickle
+import queue as queue_module
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from ffkit.fg import SAMPLERS, sample_tangent_
+from ffkit.train import DivergenceError
+
+__all__ = [
+    "AllReduceGradient",
+    "CommStats",
+    "DistributedRunError",
+    "SharedSeedForwardGradient",
+    "WorkerFailureError",
+    "all_reduce_mean",
+    "directional_derivatives",
+    "init_from_env",
+    "launch_local",
+    "plot_communication",
+    "shard",
+    "step_generator",
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+class WorkerFailureError(RuntimeError):
+    """A collective call failed or timed out: another worker died or stopped responding."""
+
+
+class DistributedRunError(RuntimeError):
+    """:func:`launch_local`: at least one worker failed; the message has every worker's outcome."""
+
+
+# --------------------------------------------------------------------------- communication
+
+
+@dataclass
+class CommStats:
+    """What went through the collective calls of one worker.
+
+    ``bytes`` is the payload handed to ``all_reduce`` (``numel × element_size`` summed over the
+    calls), ``seconds`` the wall-clock time spent inside the calls (it includes waiting for the
+    slowest worker).
+    """
+
+    calls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def reset(self) -> None:
+        """Set every counter back to zero."""
+        self.calls, self.bytes, self.seconds = 0, 0, 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        """A JSON-serialisable copy."""
+        return {"calls": self.calls, "bytes": self.bytes, "seconds": self.seconds}
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_mean(tensor: Tensor, stats: CommStats | None = None, *, what: str = "all_reduce") -> Tensor:
+    """Replace ``tensor`` in place by its average over the workers, (1/W) Σ_r tensor_r, and return it.
+
+    The one door through which this module communicates: the payload (``numel × element_size``
+    bytes) and the time spent are added to ``stats``. Without an initialised process group the
+    world has one worker and the average is ``tensor`` itself (the payload is still counted, so
+    one- and many-worker runs report the same bytes per worker).
+
+    A failing or timed-out collective (another worker died or hangs) raises
+    :class:`WorkerFailureError` naming ``what``.
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"all_reduce_mean needs a tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"all_reduce_mean averages floating-point tensors, got dtype {tensor.dtype}")
+    _, world_size = _world()
+    start = time.perf_counter()
+    if world_size > 1:
+        try:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        except Exception as err:  # gloo/nccl raise RuntimeError subclasses (DistBackendError, ...)
+            waited = time.perf_counter() - start
+            raise WorkerFailureError(
+                f"{what}: the all-reduce failed after {waited:.1f} s on rank {dist.get_rank()} of "
+                f"{world_size}; another worker probably died or stopped responding "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from err
+        tensor.div_(world_size)
+    if stats is not None:
+        stats.calls += 1
+        stats.bytes += tensor.numel() * tensor.element_size()
+        stats.seconds += time.perf_counter() - start
+    return tensor
+
+
+# --------------------------------------------------------------------------- tangents and JVPs
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` seeded from ``(seed, step)`` only: every worker that calls this with
+    the same pair draws the same tangents. The pair is mixed (SplitMix64) into one 63-bit seed so
+    that neighbouring seeds or steps do not give related streams."""
+    for name, value in (("seed", seed), ("step", step)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    z = (seed * 0x9E3779B97F4A7C15 + step + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return torch.Generator(device=device).manual_seed(z & ((1 << 63) - 1))
+
+
+def _draw_tangent(params: Mapping[str, Tensor], sampler: str, generator: torch.Generator) -> dict[str, Tensor]:
+    """One tangent v with the shapes of ``params``, drawn parameter by parameter (in the mapping's
+    order) with :func:`ffkit.fg.sample_tangent_`: i.i.d. N(0, 1) or ±1 entries, E[v vᵀ] = I."""
+    return {name: sample_tangent_(torch.empty_like(p), sampler, generator) for name, p in params.items()}
+
+
+class _Closure(nn.Module):
+    """Wraps ``closure`` as the forward of a module that owns ``model``, so that
+    ``functional_call`` can run the closure with substituted parameters."""
+
+    def __init__(self, model: nn.Module, closure: Callable[[], Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self._closure = closure
+
+    def forward(self) -> Tensor:
+        return self._closure()
+
+
+def directional_derivatives(
+    model: nn.Module,
+    closure: Callable[[], Tensor],
+    tangents: Sequence[Mapping[str, Tensor]],
+) -> tuple[Tensor, Tensor]:
+    """The loss f(θ) = ``closure()`` and its directional derivatives ∇f(θ)·v_k, one forward-mode
+    pass (``torch.func.jvp``) per tangent.
+
+    ``tangents[k]`` maps each trainable parameter name of ``model`` (as in
+    ``model.named_parameters()``) to a tensor of its shape. Returns ``(value, d)`` with ``d`` of
+    shape ``(K,)`` in the parameters' dtype. The K scalars are returned separately (not already
+    combined into a forward gradient, as :func:`ffkit.forward_gradient` does) because the
+    shared-seed scheme must average them over the workers first.
+    """
+    if len(tangents) < 1:
+        raise ValueError("directional_derivatives needs at least one tangent")
+    params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    wrapper = _Closure(model, closure)
+
+    def f(theta: dict[str, Tensor]) -> Tensor:
+        value = functional_call(wrapper, {f"model.{k}": t for k, t in theta.items()}, ())
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise ValueError("closure() must return a scalar loss tensor")
+        return value.reshape(())
+
+    value: Tensor | None = None
+    derivs = []
+    for k, v in enumerate(tangents):
+        if set(v) != set(params):
+            missing, extra = sorted(set(params) - set(v)), sorted(set(v) - set(params))
+            raise ValueError(f"tangent {k} does not match the parameters (missing {missing}, extra {extra})")
+        for name, p in params.items():
+            if v[name].shape != p.shape:
+                raise ValueError(f"tangent {k}[{name!r}] has shape {tuple(v[name].shape)}, parameter {tuple(p.shape)}")
+        primal, tangent_out = jvp(f, (params,), (dict(v),))
+        if value is None:
+            value = primal.detach()
+        derivs.append(tangent_out.detach())
+    assert value is not None
+    return value, torch.stack(derivs)
+
+
+# --------------------------------------------------------------------------- the two schemes
+
+
+def _check_directions(directions: int) -> int:
+    if isinstance(directions, bool) or not isinstance(directions, int):
+        raise TypeError(f"directions must be an int, got {type(directions).__name__}")
+    if directions < 1:
+        raise ValueError(f"directions (K) must be >= 1, got {directions}")
+    return directions
+
+
+class SharedSeedForwardGradient:
+    """Gradient function (the signature of :func:`ffkit.train.backprop_grad`) for shared-seed
+    data-parallel forward gradients.
+
+    Each call is one step t (counted in ``self.step``, starting at 0):
+
+    1. draw K tangents v_k from ``step_generator(seed, t)`` (identical on every worker);
+    2. compute the shard's directional derivatives ∇f_r·v_k (:func:`directional_derivatives`);
+    3. average them over the workers with :func:`all_reduce_mean`: K scalars, 4K bytes in float32;
+    4. write g = (1/K) Σ_k (∇f·v_k) v_k into each parameter's ``.grad``.
+
+    Any ``torch.optim`` optimizer then takes the same step on every worker. Returns the shard's
+    loss f_r(θ). Raises :class:`ffkit.train.DivergenceError` on every worker at once if an
+    averaged directional derivative is not finite (one worker's NaN would otherwise reach all).
+    """
+
+    def __init__(
+        self,
+        directions: int = 1,
+        *,
+        seed: int = 0,
+        sampler: str = "gaussian",
+        stats: CommStats | None = None,
+    ) -> None:
+        self.directions = _check_directions(directions)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        step_generator(seed, 0)  # validates the seed
+        self.seed = seed
+        self.sampler = sampler
+        self.stats = stats if stats is not None else CommStats()
+        self.step = 0
+
+    def __call__(self, model: nn.Module, closure: Callable[[], Tensor]) -> Tensor:
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError("the model has no trainable parameters")
+        params = {name: p for name, p in named}
+        generator = step_generator(self.seed, self.step, named[0][1].device)
+        tangents = [_draw_tangent(params, self.sampler, generator) for _ in range(self.directions)]
+        value, d = directional_derivatives(model, closure, tangents)
+        all_reduce_mean(d, self.stats, what=f"shared-seed step {self.step}")
+        if not bool(torch.isfinite(d).all()):
+            raise DivergenceError(f"a directional derivative became {d.tolist()} at step {self.step}")
+        for name, p in named:
+            g = torch.zeros_like(p)
+            for k, v in enumerate(tangents):
+                g.add_(v[name], alpha=float(d[k]) / self.directions)
+            p.grad = g
+        self.step += 1
+        return value
+
+
+class AllReduceGradient:
+    """Gradient function for standard data parallelism: backprop on the shard, then the full
+    gradient averaged over the workers in one :func:`all_reduce_mean` of n numbers (4n bytes in
+    float32), written back into each ``.grad``. Returns the shard's loss.
+    """
+
+    def __init__(self, *, stats: CommStats | None = None) -> None:
+        self.stats = stats if stats is not None else CommStats()
+        self.step = 0
+
+    def __call__(self, model: nn.Module, closure: Callable[[], Tensor]) -> Tensor:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        for p in params:
+            p.grad = None
+        loss = closure()
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise ValueError("closure() must return a scalar loss tensor")
+        loss.backward()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        all_reduce_mean(flat, self.stats, what=f"all-reduce step {self.step}")
+        if not bool(torch.isfinite(flat).all()):
+            raise DivergenceError(f"the averaged gradient is not finite at step {self.step}")
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        self.step += 1
+        return loss.detach()
+
+
+def shard(x: Tensor, y: Tensor, rank: int | None = None, world_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """Worker ``rank``'s contiguous share of a global batch ``(x, y)``.
+
+    The shares must have equal sizes: only then is the mean of the shard means the mean over the
+    global batch, which makes a W-worker step equal the 1-worker step. Defaults: this process's
+    rank and world size.
+    """
+    r, w = _world()
+    rank = r if rank is None else rank
+    world_size = w if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank {rank} and world size {world_size}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y have different lengths: {len(x)} and {len(y)}")
+    if len(x) % world_size:
+        raise ValueError(
+            f"the global batch of {len(x)} does not split into {world_size} equal shards; "
+            "use a multiple of the world size"
+        )
+    size = len(x) // world_size
+    return x[rank * size : (rank + 1) * size], y[rank * size : (rank + 1) * size]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _env_int(name: str) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        raise ValueError(f"environment variable {name} is not set; launch with torchrun or ffkit.distributed.launch_local")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def init_from_env(
+    *, backend: str | None = None, timeout: float = 60.0, expected_world_size: int | None = None
+) -> tuple[int, int]:
+    """Join the default process group described by the ``torchrun`` environment and return
+    ``(rank, world_size)``.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``; ``backend`` defaults to
+    ``nccl`` when CUDA is available (each process then uses GPU ``LOCAL_RANK``) and ``gloo``
+    otherwise. ``timeout`` (seconds) bounds every collective: when a worker dies or hangs, the
+    others raise instead of waiting. ``expected_world_size`` guards against launching the wrong
+    number of processes.
+    """
+    if not dist.is_available():
+        raise RuntimeError("this build of torch has no torch.distributed")
+    if dist.is_initialized():
+        raise RuntimeError("the default process group is already initialised in this process")
+    if not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ValueError(f"environment variable {name} is not set; launch with torchrun or ffkit.distributed.launch_local")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= RANK < WORLD_SIZE, got RANK={rank}, WORLD_SIZE={world_size}")
+    if expected_world_size is not None and world_size != expected_world_size:
+        raise ValueError(f"expected {expected_world_size} workers but WORLD_SIZE={world_size}")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    dist.init_process_group(
+        backend, init_method="env://", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout)
+    )
+    return rank, world_size
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker_main(
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    rank: int,
+    world_size: int,
+    port: int,
+    timeout: float,
+    threads: int,
+    results: Any,
+) -> None:
+    """Body of one process started by :func:`launch_local` (module level, so ``spawn`` can pickle it)."""
+    os.environ.update(
+        {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+    )
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo's traffic on the loopback device
+    torch.set_num_threads(threads)
+    try:
+        init_from_env(backend="gloo", timeout=timeout, expected_world_size=world_size)
+        value = target(*args)
+        # pickled here, by value: torch's multiprocessing pickler would share tensor storage
+        # through file descriptors that vanish when this process exits
+        results.put((rank, "ok", pickle.dumps(value)))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, then the process exits
+        text = "".join(traceback.format_exception_only(type(err), err)).strip()
+        results.put((rank, "error", text))
+        results.close()
+        results.join_thread()
+        os._exit(1)
+    finally:
+        if dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+
+
+def launch_local(
+    target: Callable[..., Any],
+    world_size: int,
+    args: Sequence[Any] = (),
+    *,
+    timeout: float = 300.0,
+    collective_timeout: float = 30.0,
+    threads: int = 1,
+) -> list[Any]:
+    """Run ``target(*args)`` in ``world_size`` fresh processes on this machine, each inside a gloo
+    process group (127.0.0.1, a free port, the ``torchrun`` environment variables set), and return
+    their return values in rank order.
+
+    ``target`` must be a module-level function (processes are started with ``spawn``); it finds its
+    rank with ``torch.distributed.get_rank()`` and its return value must be picklable.
+    ``collective_timeout`` bounds every collective; ``timeout`` bounds the whole run. If a worker
+    fails, the others get ``collective_timeout`` plus a few seconds to notice and stop on their
+    own, then every remaining process is terminated and :class:`DistributedRunError` lists what
+    each worker reported. Children are always cleaned up, whatever happens.
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if not callable(target):
+        raise TypeError(f"target must be callable, got {type(target).__name__}")
+    for name, value in (("timeout", timeout), ("collective_timeout", collective_timeout)):
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(target, tuple(args), rank, world_size, port, float(collective_timeout), threads, results),
+            daemon=True,
+        )
+        for rank in range(world_size)
+    ]
+    outcome: dict[int, tuple[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    first_failure: float | None = None
+    grace = collective_timeout + 3.0
+    try:
+        for p in procs:
+            p.start()
+        while len(outcome) < world_size:
+            now = time.monotonic()
+            if now > deadline:
+                break
+            if first_failure is not None and now > first_failure + grace:
+                break
+            try:
+                rank, status, value = results.get(timeout=0.1)
+                outcome[rank] = (status, value)
+                if status != "ok" and first_failure is None:
+                    first_failure = time.monotonic()
+                continue
+            except queue_module.Empty:
+                pass
+            for rank, p in enumerate(procs):
+                if rank not in outcome and p.exitcode is not None:
+                    # give its last message a moment to arrive through the queue
+                    try:
+                        r, status, value = results.get(timeout=0.5)
+                        outcome[r] = (status, value)
+                        if status != "ok" and first_failure is None:
+                            first_failure = time.monotonic()
+                    except queue_module.Empty:
+                        outcome[rank] = ("error", f"process exited with code {p.exitcode} without a result")
+                        if first_failure is None:
+                            first_failure = time.monotonic()
+                    break
+    finally:
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
+            if p.is_alive():
+                p.terminate()
+        for p in started:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        results.close()
+        results.cancel_join_thread()
+    if len(outcome) == world_size and all(status == "ok" for status, _ in outcome.values()):
+        return [pickle.loads(outcome[rank][1]) for rank in range(world_size)]
+    lines = []
+    for rank in range(world_size):
+        status, value = outcome.get(rank, ("killed", "no result before the launcher stopped it"))
+        lines.append(f"  rank {rank}: {status}" + ("" if status == "ok" else f": {value}"))
+    why = "timed out" if time.monotonic() > deadline else "a worker failed"
+    raise DistributedRunError(f"distributed run of {world_size} workers {why}:\n" + "\n".join(lines))
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def plot_communication(result: Mapping[str, Any], *, ax: Any = None, world_size: int | None = None) -> Any:
+    """Bytes handed to the collectives per step and worker versus the number of parameters n, for
+    both schemes, from the ``sizes`` records of ``chapters/results/bench_comm.json`` (see
+    :mod:`ffkit.commands.bench_comm`), with the predictions 4n and 4K as dashed lines. Log-log
+    axes; returns the axes."""
+    from ffkit.plot import compare_curves
+
+    rows = [r for r in result["sizes"] if world_size is None or r["world_size"] == world_size]
+    if not rows:
+        raise ValueError(f"no size records for world size {world_size}")
+    ws = world_size if world_size is not None else rows[0]["world_size"]
+    rows = sorted((r for r in rows if r["world_size"] == ws), key=lambda r: r["n"])
+    n = [r["n"] for r in rows]
+    k = rows[0]["directions"]
+    ax = compare_curves(
+        {
+            "backprop": (n, [r["all_reduce"]["bytes_per_step"] for r in rows]),
+            "forward gradient": (n, [r["shared_seed"]["bytes_per_step"] for r in rows]),
+        },
+        xlabel="parameters n",
+        ylabel="bytes sent per step and worker",
+        ax=ax,
+        logx=True,
+        logy=True,
+        title=f"{ws} workers: all-reduced gradient vs shared seed (K = {k})",
+    )
+    ax.plot(n, [4 * v for v in n], ls="--", color="0.5", lw=1, label="4n")
+    ax.plot(n, [4 * k for _ in n], ls=":", color="0.5", lw=1, label=f"4K = {4 * k}")
+    lines = ax.get_lines()
+    lines[0].set_label("all-reduced gradient (backprop)")
+    lines[1].set_label("shared seed (forward gradient)")
+    for line in lines[:2]:
+        line.set_marker("o")
+    ax.legend()
+    return ax
