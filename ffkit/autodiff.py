@@ -19,7 +19,7 @@ tangent, which is why its memory is that of the evaluation itself.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Union
 
 import numpy as np
@@ -131,6 +131,10 @@ class Dual:
 
     def __getitem__(self, index: Any) -> Dual:
         return Dual(self.value[index], self.tangent[index])
+
+    def __iter__(self) -> Iterator[Dual]:
+        for i in range(len(self)):
+            yield self[i]
 
     def reshape(self, *shape: Any) -> Dual:
         """Reshape value and tangent alike."""
