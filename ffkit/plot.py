@@ -159,3 +159,69 @@ def compare_curves(
         ax.set_title(title)
     ax.legend()
     return ax
+
+
+#: Colours of the pieces of a training step in :func:`timeline`.
+TIMELINE_COLORS: dict[str, str] = {
+    "forward": "#9ecae1",
+    "backward": METHOD_COLORS["backprop"],
+    "forward+tangent": "#fcae91",
+    "update": "#2ca02c",
+}
+
+
+def timeline(
+    tasks: Sequence[tuple[int, float, float, str]],
+    *,
+    ax: Axes | None = None,
+    row_labels: Sequence[str] | None = None,
+    colors: Mapping[str, str] | None = None,
+    xlabel: str = "time (ms)",
+    scale: float = 1e3,
+    title: str | None = None,
+    legend: bool = True,
+) -> Axes:
+    """A Gantt chart: one horizontal bar per task ``(row, start, duration, kind)``.
+
+    Rows are drawn top to bottom (row 0 on top) and labelled by ``row_labels``; times are
+    multiplied by ``scale`` (seconds to milliseconds by default). Bars of one ``kind`` share a
+    colour (:data:`TIMELINE_COLORS` for the pieces of a training step, else matplotlib's cycle)
+    and a legend entry. The tasks of :func:`ffkit.profile.schedule` plug in directly.
+    """
+    tasks = list(tasks)
+    if not tasks:
+        raise ValueError("timeline needs at least one task")
+    if any(len(t) != 4 for t in tasks) or any(t[2] < 0 for t in tasks):
+        raise ValueError("each task must be (row, start, duration, kind) with a non-negative duration")
+    if ax is None:
+        _, ax = plt.subplots()
+    palette = {**TIMELINE_COLORS, **(colors or {})}
+    cycle = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    rows = 1 + max(int(t[0]) for t in tasks)
+    seen: set[str] = set()
+    for row, start, duration, kind in tasks:
+        if kind not in palette:
+            palette[kind] = next(cycle)
+        ax.broken_barh(
+            [(start * scale, duration * scale)],
+            (row - 0.4, 0.8),
+            facecolors=palette[kind],
+            edgecolor="white",
+            linewidth=0.5,
+            label=None if kind in seen else kind,
+        )
+        seen.add(kind)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.set_yticks(range(rows))
+    if row_labels is not None:
+        if len(row_labels) != rows:
+            raise ValueError(f"row_labels has {len(row_labels)} entries for {rows} rows")
+        ax.set_yticklabels(list(row_labels))
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(left=0)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend(loc="lower right")
+    return ax

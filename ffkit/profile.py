@@ -161,7 +161,7 @@ class StepRunner:
                 for p in self.model.parameters():
                     p.sub_(p.grad, alpha=self.lr)
                     p.grad = None
-            return float(loss)
+            return float(loss.detach())
         stepper = lean_forward_gradient_step if self.method == "lean forward gradient" else plain_forward_gradient_step
         self.seed += 1
         return stepper(self.model, self.inputs, self._loss, lr=self.lr, seed=self.seed).loss
