@@ -261,10 +261,12 @@ class SharedSeedForwardGradient:
     1. draw K tangents v_k from ``step_generator(seed, t)`` (identical on every worker);
     2. compute the shard's directional derivatives ∇f_r·v_k (:func:`directional_derivatives`);
     3. average them over the workers with :func:`all_reduce_mean`: K scalars, 4K bytes in float32;
-    4. write g = (1/K) Σ_k (∇f·v_k) v_k into each parameter's ``.grad``.
+    4. add g = (1/K) Σ_k (∇f·v_k) v_k to each parameter's ``.grad`` (setting it if it is
+       ``None``), where ``loss.backward()`` would have accumulated ∇f.
 
-    Any ``torch.optim`` optimizer then takes the same step on every worker. Returns the shard's
-    loss f_r(θ). Raises :class:`ffkit.train.DivergenceError` on every worker at once if an
+    Any ``torch.optim`` optimizer then takes the same step on every worker. The K tangents
+    (K·n numbers) are held during the step; ``self.step`` may be set to resume a run (it selects
+    the tangents, so two workers must agree on it). Returns the shard's loss f_r(θ). Raises :class:`ffkit.train.DivergenceError` on every worker at once if an
     averaged directional derivative is not finite (one worker's NaN would otherwise reach all).
     """
 
@@ -284,23 +286,36 @@ class SharedSeedForwardGradient:
         self.sampler = sampler
         self.stats = stats if stats is not None else CommStats()
         self.step = 0
+        #: cumulative wall-clock seconds of the local work: drawing tangents, the K JVPs, forming g
+        self.seconds = {"sample": 0.0, "jvp": 0.0, "update": 0.0}
 
     def __call__(self, model: nn.Module, closure: Callable[[], Tensor]) -> Tensor:
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters")
         params = {name: p for name, p in named}
+        t0 = time.perf_counter()
         generator = step_generator(self.seed, self.step, named[0][1].device)
         tangents = [_draw_tangent(params, self.sampler, generator) for _ in range(self.directions)]
+        t1 = time.perf_counter()
         value, d = directional_derivatives(model, closure, tangents)
+        t2 = time.perf_counter()
         all_reduce_mean(d, self.stats, what=f"shared-seed step {self.step}")
+        t3 = time.perf_counter()
         if not bool(torch.isfinite(d).all()):
             raise DivergenceError(f"a directional derivative became {d.tolist()} at step {self.step}")
-        for name, p in named:
-            g = torch.zeros_like(p)
-            for k, v in enumerate(tangents):
-                g.add_(v[name], alpha=float(d[k]) / self.directions)
-            p.grad = g
+        with torch.no_grad():
+            for name, p in named:
+                g = tangents[0][name].mul_(float(d[0]) / self.directions)  # reuse the tangent's memory
+                for k in range(1, self.directions):
+                    g.add_(tangents[k][name], alpha=float(d[k]) / self.directions)
+                if p.grad is None:
+                    p.grad = g
+                else:
+                    p.grad.add_(g)
+        self.seconds["sample"] += t1 - t0
+        self.seconds["jvp"] += t2 - t1
+        self.seconds["update"] += time.perf_counter() - t3
         self.step += 1
         return value
 
@@ -308,7 +323,8 @@ class SharedSeedForwardGradient:
 class AllReduceGradient:
     """Gradient function for standard data parallelism: backprop on the shard, then the full
     gradient averaged over the workers in one :func:`all_reduce_mean` of n numbers (4n bytes in
-    float32), written back into each ``.grad``. Returns the shard's loss.
+    float32), added to each ``.grad`` (set if ``None``), as ``loss.backward()`` would. Returns the
+    shard's loss.
     """
 
     def __init__(self, *, stats: CommStats | None = None) -> None:
@@ -319,21 +335,31 @@ class AllReduceGradient:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
+        earlier = [p.grad for p in params]  # only this closure's gradient is averaged
         for p in params:
             p.grad = None
-        loss = closure()
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError("closure() must return a scalar loss tensor")
-        loss.backward()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        try:
+            loss = closure()
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise ValueError("closure() must return a scalar loss tensor")
+            loss.backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        finally:
+            for p, e in zip(params, earlier):
+                p.grad = e
         flat = torch.cat([g.reshape(-1) for g in grads])
         all_reduce_mean(flat, self.stats, what=f"all-reduce step {self.step}")
         if not bool(torch.isfinite(flat).all()):
             raise DivergenceError(f"the averaged gradient is not finite at step {self.step}")
         offset = 0
-        for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
+        with torch.no_grad():
+            for p in params:
+                g = flat[offset : offset + p.numel()].view_as(p)
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.add_(g)
+                offset += p.numel()
         self.step += 1
         return loss.detach()
 
@@ -427,8 +453,15 @@ def _worker_main(
     timeout: float,
     threads: int,
     results: Any,
+    go: Any,
+    start_timeout: float,
 ) -> None:
-    """Body of one process started by :func:`launch_local` (module level, so ``spawn`` can pickle it)."""
+    """Body of one process started by :func:`launch_local` (module level, so ``spawn`` can pickle it).
+
+    By the time it runs, ``spawn`` has imported ``target``'s module. It reports ``ready`` and
+    waits for ``go`` (set once every worker is ready), so that all workers join the process group
+    at about the same time: slow imports on a busy machine must not eat into ``timeout``, which
+    bounds the rendezvous as well as every collective."""
     os.environ.update(
         {
             "RANK": str(rank),
@@ -443,6 +476,9 @@ def _worker_main(
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo's traffic on the loopback device
     torch.set_num_threads(threads)
     try:
+        results.put((rank, "ready", None))
+        if not go.wait(timeout=start_timeout):
+            raise RuntimeError("the launcher never started the run (not every worker became ready)")
         init_from_env(backend="gloo", timeout=timeout, expected_world_size=world_size)
         value = target(*args)
         # pickled here, by value: torch's multiprocessing pickler would share tensor storage
@@ -491,48 +527,51 @@ def launch_local(
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
+    go = ctx.Event()
     port = _free_port()
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(target, tuple(args), rank, world_size, port, float(collective_timeout), threads, results),
+            args=(target, tuple(args), rank, world_size, port, float(collective_timeout), threads, results, go, float(timeout)),
             daemon=True,
         )
         for rank in range(world_size)
     ]
+    ready: set[int] = set()
     outcome: dict[int, tuple[str, Any]] = {}
     deadline = time.monotonic() + timeout
     first_failure: float | None = None
-    grace = collective_timeout + 3.0
+    grace = collective_timeout + 2.0
+
+    def record(rank: int, status: str, value: Any) -> None:
+        nonlocal first_failure
+        if status == "ready":
+            ready.add(rank)
+            if len(ready) == world_size:
+                go.set()
+            return
+        outcome[rank] = (status, value)
+        if status != "ok" and first_failure is None:
+            first_failure = time.monotonic()
+
     try:
         for p in procs:
             p.start()
         while len(outcome) < world_size:
             now = time.monotonic()
-            if now > deadline:
-                break
-            if first_failure is not None and now > first_failure + grace:
+            if now > deadline or (first_failure is not None and now > first_failure + grace):
                 break
             try:
-                rank, status, value = results.get(timeout=0.1)
-                outcome[rank] = (status, value)
-                if status != "ok" and first_failure is None:
-                    first_failure = time.monotonic()
+                record(*results.get(timeout=0.1))
                 continue
             except queue_module.Empty:
                 pass
             for rank, p in enumerate(procs):
                 if rank not in outcome and p.exitcode is not None:
-                    # give its last message a moment to arrive through the queue
-                    try:
-                        r, status, value = results.get(timeout=0.5)
-                        outcome[r] = (status, value)
-                        if status != "ok" and first_failure is None:
-                            first_failure = time.monotonic()
+                    try:  # its last message may still be on its way through the queue
+                        record(*results.get(timeout=0.5))
                     except queue_module.Empty:
-                        outcome[rank] = ("error", f"process exited with code {p.exitcode} without a result")
-                        if first_failure is None:
-                            first_failure = time.monotonic()
+                        record(rank, "error", f"process exited with code {p.exitcode} without a result")
                     break
     finally:
         started = [p for p in procs if p.pid is not None]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import torch
@@ -87,9 +89,24 @@ def _hang_at_step_two() -> str:
 # ---------------------------------------------------------------------------- multi-process
 
 
+DIE_TIMEOUT, HANG_TIMEOUT = 5.0, 3.0  # collective timeouts of the two failure runs
+
+
 @pytest.fixture(scope="module")
-def two_process_runs() -> list[dict]:
-    return fd.launch_local(_train_all, 2, timeout=180, collective_timeout=60)
+def launches() -> Iterator[dict[str, Future]]:
+    """The three 2-process runs of this file, started together (the process start-up, not the
+    work, is what takes time); leaving the ``with`` waits until every child is gone."""
+    with ThreadPoolExecutor(3) as pool:
+        yield {
+            "train": pool.submit(fd.launch_local, _train_all, 2, timeout=180, collective_timeout=60),
+            "die": pool.submit(fd.launch_local, _die_at_step_two, 2, (1,), timeout=180, collective_timeout=DIE_TIMEOUT),
+            "hang": pool.submit(fd.launch_local, _hang_at_step_two, 2, timeout=180, collective_timeout=HANG_TIMEOUT),
+        }
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(launches: dict[str, Future]) -> list[dict]:
+    return launches["train"].result()
 
 
 # Tolerances. Both runs compute the same quantities and differ only in the order of the
@@ -130,29 +147,32 @@ def test_bytes_counted_are_k_or_n_scalars(two_process_runs: list[dict], scheme: 
             assert stats["bytes"] == STEPS * size * per_call
 
 
-def test_dead_worker_makes_the_others_fail_quickly() -> None:
-    collective_timeout = 5.0
-    with pytest.raises(fd.DistributedRunError) as info:
-        fd.launch_local(_die_at_step_two, 2, (1,), timeout=120, collective_timeout=collective_timeout)
-    message = str(info.value)
-    assert "a worker failed" in message
-    assert "exited with code 3" in message  # rank 1
+def _rank_line(error: BaseException | None, rank: int) -> str:
+    assert isinstance(error, fd.DistributedRunError), f"expected DistributedRunError, got {error!r}"
+    return next(line for line in str(error).splitlines() if line.strip().startswith(f"rank {rank}"))
+
+
+def _waited(line: str) -> float:
+    """The seconds a WorkerFailureError says the all-reduce waited before failing."""
+    return float(line.split("failed after ")[1].split(" s")[0])
+
+
+def test_dead_worker_makes_the_others_fail_quickly(launches: dict[str, Future]) -> None:
+    error = launches["die"].exception()
+    assert "a worker failed" in str(error)
+    assert "exited with code 3" in _rank_line(error, 1)
     # rank 0 stopped on its own, at the step where its partner vanished, with a clear error
-    line = next(line for line in message.splitlines() if line.strip().startswith("rank 0"))
+    line = _rank_line(error, 0)
     assert "WorkerFailureError" in line and "step 2" in line
-    waited = float(line.split("failed after ")[1].split(" s")[0])
-    assert waited <= collective_timeout + 1.0
+    assert _waited(line) <= DIE_TIMEOUT + 1.0
 
 
-def test_hung_worker_makes_the_others_fail_after_the_timeout() -> None:
-    collective_timeout = 3.0
-    with pytest.raises(fd.DistributedRunError) as info:
-        fd.launch_local(_hang_at_step_two, 2, timeout=120, collective_timeout=collective_timeout)
-    line = next(line for line in str(info.value).splitlines() if line.strip().startswith("rank 0"))
+def test_hung_worker_makes_the_others_fail_after_the_timeout(launches: dict[str, Future]) -> None:
+    error = launches["hang"].exception()
+    line = _rank_line(error, 0)
     assert "WorkerFailureError" in line and "step 2" in line
-    waited = float(line.split("failed after ")[1].split(" s")[0])
-    assert collective_timeout - 0.5 <= waited <= collective_timeout + 5.0
-    assert "rank 1: killed" in str(info.value)
+    assert HANG_TIMEOUT - 0.5 <= _waited(line) <= HANG_TIMEOUT + 5.0
+    assert "killed" in _rank_line(error, 1)  # still asleep: the launcher terminated it
 
 
 # ---------------------------------------------------------------------------- one process
@@ -201,11 +221,24 @@ def test_same_seed_same_update_new_step_new_tangents() -> None:
     a, b, c = (fd.SharedSeedForwardGradient(2, seed=5) for _ in range(3))
     a(model, closure)
     ga = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
     b(model, closure)
     assert all(torch.equal(x, p.grad) for x, p in zip(ga, model.parameters()))
+    model.zero_grad(set_to_none=True)
     c.step = 1  # a later step draws other tangents
     c(model, closure)
     assert not all(torch.equal(x, p.grad) for x, p in zip(ga, model.parameters()))
+
+
+@pytest.mark.parametrize("scheme", ["shared-seed", "all-reduce"])
+def test_gradients_accumulate_like_backward(scheme: str) -> None:
+    model, closure = _problem()
+    make = (lambda: fd.SharedSeedForwardGradient(2, seed=1)) if scheme == "shared-seed" else fd.AllReduceGradient
+    make()(model, closure)
+    once = [p.grad.clone() for p in model.parameters()]
+    make()(model, closure)  # a fresh object: step 0 again, the same estimate, added on top
+    for x, p in zip(once, model.parameters()):
+        assert torch.allclose(p.grad, 2 * x, rtol=1e-14, atol=1e-16)
 
 
 def test_all_reduce_gradient_alone_is_backprop() -> None:
@@ -304,3 +337,16 @@ def test_plot_communication_draws_both_schemes() -> None:
     assert len(labels) == 4 and "4n" in labels
     with pytest.raises(ValueError, match="world size 4"):
         fd.plot_communication({"sizes": [rec(100)]}, world_size=4)
+
+
+def test_dp_train_command_runs_as_one_worker(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from ffkit.commands import dp_train
+
+    monkeypatch.delenv("RANK", raising=False)
+    argv = ["--data", "synthetic", "--steps", "3", "--limit", "64", "--batch", "8", "--width", "8", "--directions", "2"]
+    assert dp_train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 worker(s)" in out and "per step: 8 (predicted 8)" in out
+    assert dp_train.main(argv[:-2] + ["--scheme", "all-reduce"]) == 0
+    n = count_parameters(mlp([784, 8, 10]))
+    assert f"per step: {4 * n} (predicted {4 * n})" in capsys.readouterr().out

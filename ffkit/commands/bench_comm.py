@@ -30,8 +30,13 @@ and per worker, i.e. the payload one worker passes to ``all_reduce``):
     ``directions`` (K), and for each scheme, under ``"shared_seed"`` and ``"all_reduce"``:
     ``bytes_per_step`` (measured), ``predicted_bytes`` (4K resp. 4n), ``calls_per_step``,
     ``step_seconds`` (median wall time of one training step: gradient, communication and
-    optimizer step), ``comm_seconds`` (median time inside the collective calls, waiting for the
-    slowest worker included), ``compute_seconds`` (``step_seconds - comm_seconds``). Also
+    optimizer step), ``comm_seconds`` (median time inside the collective calls during training,
+    waiting for the slowest worker included), ``compute_seconds`` (``step_seconds -
+    comm_seconds``), ``isolated_comm_seconds`` (median time of the same all-reduce alone, each
+    call started right after a barrier: the cost of moving the payload itself). ``shared_seed``
+    also has ``phase_seconds``: medians of its local phases per step, ``sample`` (drawing the K
+    tangents, K·n random numbers), ``jvp`` (the K forward-mode passes) and ``update`` (forming
+    g). Also
     ``bytes_ratio`` (all_reduce / shared_seed bytes) and ``time_ratio`` (shared_seed /
     all_reduce step time).
 ``k_sweep``
@@ -74,6 +79,7 @@ from ffkit.distributed import (
     AllReduceGradient,
     CommStats,
     SharedSeedForwardGradient,
+    all_reduce_mean,
     launch_local,
     shard,
 )
@@ -101,6 +107,7 @@ class _Trainer:
         self.grad_fn = grad_fn
         self.batch, self.world_size, self.rank = batch, world_size, rank
         self.t = 0
+        self.parts: dict[str, list[float]] = {}  # per-step seconds of the gradient function's phases
 
     def step(self) -> tuple[float, float, tuple[int, int]]:
         """Returns (step seconds, seconds inside collectives, (bytes, calls) of the collectives)."""
@@ -108,12 +115,15 @@ class _Trainer:
         xb, yb = shard(x, y, self.rank, self.world_size)
         stats: CommStats = self.grad_fn.stats
         before_s, before_b, before_c = stats.seconds, stats.bytes, stats.calls
+        parts = dict(getattr(self.grad_fn, "seconds", {}))
         start = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         self.grad_fn(self.model, lambda: nn.functional.cross_entropy(self.model(xb), yb))
         self.opt.step()
         elapsed = time.perf_counter() - start
         self.t += 1
+        for key, value in getattr(self.grad_fn, "seconds", {}).items():
+            self.parts.setdefault(key, []).append(value - parts[key])
         return elapsed, stats.seconds - before_s, (stats.bytes - before_b, stats.calls - before_c)
 
 
@@ -138,6 +148,7 @@ def _measure(trainers: dict[str, _Trainer], rounds: int, steps: int) -> dict[str
     data: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in trainers}
     for tr in trainers.values():
         tr.step()  # warm-up: first-call overheads, connection set-up
+        tr.parts.clear()
     for _ in range(rounds):
         for name, tr in trainers.items():
             for _ in range(steps):
@@ -146,6 +157,23 @@ def _measure(trainers: dict[str, _Trainer], rounds: int, steps: int) -> dict[str
                 data[name][1].append(c)
                 data[name][2].append(b)
     return data
+
+
+def _time_collective(numel: int, reps: int) -> float:
+    """Median seconds of one :func:`all_reduce_mean` of ``numel`` float32 numbers, each call
+    started right after a barrier, so that it measures the transfer rather than waiting for a
+    slower worker."""
+    import torch.distributed as dist
+
+    buffer = torch.ones(numel)
+    times = []
+    for rep in range(reps + 1):
+        dist.barrier()
+        start = time.perf_counter()
+        all_reduce_mean(buffer)
+        if rep:  # the first call is a warm-up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -164,29 +192,35 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
         }
         n = count_parameters(trainers["all_reduce"].model)
         data = _measure(trainers, rounds, steps)
-        sizes.append(
-            {
-                "world_size": world_size,
-                "width": width,
-                "n": n,
-                "directions": k,
-                "shared_seed": _summary(*data["shared_seed"], predicted=4 * k),
-                "all_reduce": _summary(*data["all_reduce"], predicted=4 * n),
-            }
-        )
+        record = {
+            "world_size": world_size,
+            "width": width,
+            "n": n,
+            "directions": k,
+            "shared_seed": _summary(*data["shared_seed"], predicted=4 * k),
+            "all_reduce": _summary(*data["all_reduce"], predicted=4 * n),
+        }
+        record["shared_seed"]["phase_seconds"] = {
+            key: statistics.median(v) for key, v in trainers["shared_seed"].parts.items()
+        }
+        record["shared_seed"]["isolated_comm_seconds"] = _time_collective(k, rounds * steps)
+        record["all_reduce"]["isolated_comm_seconds"] = _time_collective(n, rounds * steps)
+        sizes.append(record)
     k_sweep = []
     if config["k_sweep"]:
         width = config["k_sweep_width"]
         for kk in config["k_sweep"]:
             tr = _Trainer(width, SharedSeedForwardGradient(kk, seed=11), batch, world_size, rank)
             data = _measure({"shared_seed": tr}, rounds, steps)
+            summary = _summary(*data["shared_seed"], predicted=4 * kk)
+            summary["phase_seconds"] = {key: statistics.median(v) for key, v in tr.parts.items()}
             k_sweep.append(
                 {
                     "world_size": world_size,
                     "width": width,
                     "n": count_parameters(tr.model),
                     "directions": kk,
-                    "shared_seed": _summary(*data["shared_seed"], predicted=4 * kk),
+                    "shared_seed": summary,
                 }
             )
     final = _equivalence_run(config["equivalence_steps"], batch, world_size, rank)
@@ -210,7 +244,8 @@ def _reference(steps: int, batch: int, world_size: int) -> Tensor:
 def _table(records: list[dict[str, Any]]) -> str:
     head = (
         f"{'W':>2} {'width':>6} {'n':>9} {'bytes FG':>9} {'4K':>5} {'bytes DP':>10} {'4n':>10} "
-        f"{'DP/FG':>8} {'step FG ms':>10} {'step DP ms':>10} {'comm FG ms':>10} {'comm DP ms':>10} {'FG/DP time':>10}"
+        f"{'DP/FG':>8} {'step FG ms':>10} {'step DP ms':>10} {'FG/DP time':>10} {'comm FG ms':>10} {'comm DP ms':>10} "
+        f"{'alone FG ms':>11} {'alone DP ms':>11}"
     )
     lines = [head]
     for r in records:
@@ -218,8 +253,9 @@ def _table(records: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['world_size']:>2} {r['width']:>6} {r['n']:>9} {fg['bytes_per_step']:>9} {fg['predicted_bytes']:>5} "
             f"{dp['bytes_per_step']:>10} {dp['predicted_bytes']:>10} {r['bytes_ratio']:>8.0f} "
-            f"{1e3 * fg['step_seconds']:>10.2f} {1e3 * dp['step_seconds']:>10.2f} "
-            f"{1e3 * fg['comm_seconds']:>10.3f} {1e3 * dp['comm_seconds']:>10.3f} {r['time_ratio']:>10.2f}"
+            f"{1e3 * fg['step_seconds']:>10.2f} {1e3 * dp['step_seconds']:>10.2f} {r['time_ratio']:>10.2f} "
+            f"{1e3 * fg['comm_seconds']:>10.3f} {1e3 * dp['comm_seconds']:>10.3f} "
+            f"{1e3 * fg['isolated_comm_seconds']:>11.3f} {1e3 * dp['isolated_comm_seconds']:>11.3f}"
         )
     return "\n".join(lines)
 
@@ -288,13 +324,20 @@ def main(argv: list[str]) -> int:
     seconds = time.perf_counter() - start
 
     print("bytes handed to all_reduce per step and worker (float32), median step times;")
-    print("FG = shared-seed forward gradient (K scalars), DP = all-reduced backprop gradient (n numbers)")
+    print("FG = shared-seed forward gradient (K scalars), DP = all-reduced backprop gradient (n numbers);")
+    print("comm = time inside all_reduce while training (includes waiting for the slowest worker),")
+    print("alone = the same all_reduce timed right after a barrier")
     print(_table(sizes))
     for r in sizes:
         for scheme in ("shared_seed", "all_reduce"):
             if r[scheme]["bytes_per_step"] != r[scheme]["predicted_bytes"]:
                 print(f"WARNING: {scheme} at width {r['width']} sent {r[scheme]['bytes_per_step']} bytes, "
                       f"predicted {r[scheme]['predicted_bytes']}")
+    print("\nshared-seed step, median seconds per phase (sample K tangents | K JVPs | all_reduce | form g):")
+    for r in sizes:
+        ph, fg = r["shared_seed"]["phase_seconds"], r["shared_seed"]
+        print(f"  W={r['world_size']} width {r['width']:>5}: sample {1e3 * ph['sample']:8.2f} ms | jvp {1e3 * ph['jvp']:8.2f} ms"
+              f" | comm {1e3 * fg['comm_seconds']:7.3f} ms | update {1e3 * ph['update']:7.2f} ms")
     if k_sweep:
         print(f"\nK sweep (shared seed, W={k_sweep[0]['world_size']}, width {k_sweep[0]['width']}, n={k_sweep[0]['n']}):")
         for r in k_sweep:
