@@ -111,7 +111,10 @@ def fit(
             raise ValueError(f"data ran out after {step - 1} of {steps} steps; use ffkit.train.cycle") from None
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = grad_fn(model, lambda: loss_fn(model(x), y))
+        try:
+            loss = grad_fn(model, lambda: loss_fn(model(x), y))
+        except DivergenceError as err:
+            raise DivergenceError(f"at step {step}: {err}; lower the learning rate") from err
         value = float(loss)
         if not math.isfinite(value):
             raise DivergenceError(

@@ -89,3 +89,20 @@ def test_accuracy_counts_argmax_hits() -> None:
     model = torch.nn.Identity()
     scores = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     assert math.isclose(train.accuracy(model, scores, torch.tensor([0, 1, 1]), batch_size=2), 2 / 3)
+
+
+def test_fit_names_the_step_when_the_gradient_function_diverges() -> None:
+    x, y = toy_problem(64)
+    model = models.mlp([4, 2], flatten=False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = []
+
+    def exploding(m, closure):
+        calls.append(1)
+        if len(calls) == 3:
+            raise train.DivergenceError("the loss is inf")
+        return train.backprop_grad(m, closure)
+
+    data = train.cycle(lambda: ffkit.data.batches(x, y, 16))
+    with pytest.raises(train.DivergenceError, match="at step 3: the loss is inf"):
+        ffkit.fit(model, F.cross_entropy, data, opt, steps=10, grad_fn=exploding)
