@@ -41,7 +41,8 @@ the collectives of the others fail within the process group's timeout, and they 
 :class:`WorkerFailureError` instead of waiting forever.
 
 Plotting communication against model size: the command ``python -m ffkit bench-comm`` writes
-the measurements; :func:`plot_communication` draws them.
+the measurements (``chapters/results/bench_comm.json``); :func:`plot_communication` draws the
+bytes per step against n, :func:`plot_step_time` the time per step and of the all-reduce alone.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ __all__ = [
     "init_from_env",
     "launch_local",
     "plot_communication",
+    "plot_step_time",
     "shard",
     "step_generator",
 ]
@@ -598,18 +600,26 @@ def launch_local(
 # --------------------------------------------------------------------------- figure
 
 
+def _size_rows(result: Mapping[str, Any], world_size: int | None) -> tuple[int, list[Mapping[str, Any]]]:
+    """The ``sizes`` records of one world size (default: the first one), sorted by n."""
+    rows = list(result.get("sizes", []))
+    if not rows:
+        raise ValueError("the result has no 'sizes' records")
+    ws = rows[0]["world_size"] if world_size is None else world_size
+    rows = sorted((r for r in rows if r["world_size"] == ws), key=lambda r: r["n"])
+    if not rows:
+        raise ValueError(f"no size records for world size {ws}")
+    return ws, rows
+
+
 def plot_communication(result: Mapping[str, Any], *, ax: Any = None, world_size: int | None = None) -> Any:
     """Bytes handed to the collectives per step and worker versus the number of parameters n, for
     both schemes, from the ``sizes`` records of ``chapters/results/bench_comm.json`` (see
-    :mod:`ffkit.commands.bench_comm`), with the predictions 4n and 4K as dashed lines. Log-log
+    :mod:`ffkit.commands.bench_comm`), over the predictions 4n and 4K (wide pale lines). Log-log
     axes; returns the axes."""
     from ffkit.plot import compare_curves
 
-    rows = [r for r in result["sizes"] if world_size is None or r["world_size"] == world_size]
-    if not rows:
-        raise ValueError(f"no size records for world size {world_size}")
-    ws = world_size if world_size is not None else rows[0]["world_size"]
-    rows = sorted((r for r in rows if r["world_size"] == ws), key=lambda r: r["n"])
+    ws, rows = _size_rows(result, world_size)
     n = [r["n"] for r in rows]
     k = rows[0]["directions"]
     ax = compare_curves(
@@ -622,14 +632,47 @@ def plot_communication(result: Mapping[str, Any], *, ax: Any = None, world_size:
         ax=ax,
         logx=True,
         logy=True,
-        title=f"{ws} workers: all-reduced gradient vs shared seed (K = {k})",
+        title=f"{ws} workers, K = {k}",
     )
-    ax.plot(n, [4 * v for v in n], ls="--", color="0.5", lw=1, label="4n")
-    ax.plot(n, [4 * k for _ in n], ls=":", color="0.5", lw=1, label=f"4K = {4 * k}")
     lines = ax.get_lines()
     lines[0].set_label("all-reduced gradient (backprop)")
     lines[1].set_label("shared seed (forward gradient)")
     for line in lines[:2]:
         line.set_marker("o")
+    ax.plot(n, [4 * v for v in n], color="0.6", lw=6, alpha=0.35, zorder=0, label="predicted 4n")
+    ax.plot(n, [4 * k for _ in n], color="0.6", lw=6, alpha=0.35, zorder=0, label=f"predicted 4K = {4 * k}")
+    ax.legend()
+    return ax
+
+
+def plot_step_time(result: Mapping[str, Any], *, ax: Any = None, world_size: int | None = None) -> Any:
+    """Median seconds per training step versus n for both schemes (solid), and the time of their
+    all-reduce alone (dashed, ``isolated_comm_seconds``), from the same records as
+    :func:`plot_communication`. Log-log axes; returns the axes."""
+    from ffkit.plot import compare_curves, method_color
+
+    ws, rows = _size_rows(result, world_size)
+    n = [r["n"] for r in rows]
+    ax = compare_curves(
+        {
+            "backprop": (n, [r["all_reduce"]["step_seconds"] for r in rows]),
+            "forward gradient": (n, [r["shared_seed"]["step_seconds"] for r in rows]),
+        },
+        xlabel="parameters n",
+        ylabel="seconds",
+        ax=ax,
+        logx=True,
+        logy=True,
+        title=f"{ws} workers, K = {rows[0]['directions']}",
+    )
+    lines = ax.get_lines()
+    lines[0].set_label("step, all-reduced gradient")
+    lines[1].set_label("step, shared seed")
+    for line in lines[:2]:
+        line.set_marker("o")
+    for scheme, name, label in (("all_reduce", "backprop", "all-reduce of 4n bytes alone"),
+                                ("shared_seed", "forward gradient", "all-reduce of 4K bytes alone")):
+        ax.plot(n, [r[scheme]["isolated_comm_seconds"] for r in rows], ls="--", marker=".",
+                color=method_color(name), label=label)
     ax.legend()
     return ax

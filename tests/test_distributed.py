@@ -327,16 +327,21 @@ def test_init_from_env_checks_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert not dist.is_initialized()
 
 
-def test_plot_communication_draws_both_schemes() -> None:
+def test_plots_draw_both_schemes() -> None:
     rec = lambda n: {  # noqa: E731
         "world_size": 2, "n": n, "directions": 4,
-        "shared_seed": {"bytes_per_step": 16}, "all_reduce": {"bytes_per_step": 4 * n},
+        "shared_seed": {"bytes_per_step": 16, "step_seconds": 0.01, "isolated_comm_seconds": 1e-4},
+        "all_reduce": {"bytes_per_step": 4 * n, "step_seconds": 0.02, "isolated_comm_seconds": 1e-3},
     }
     ax = fd.plot_communication({"sizes": [rec(100), rec(1000)]})
     labels = [line.get_label() for line in ax.get_lines()]
-    assert len(labels) == 4 and "4n" in labels
+    assert len(labels) == 4 and "predicted 4n" in labels
+    assert list(ax.get_lines()[0].get_ydata()) == [400, 4000]
+    assert len(fd.plot_step_time({"sizes": [rec(100), rec(1000)]}).get_lines()) == 4
     with pytest.raises(ValueError, match="world size 4"):
         fd.plot_communication({"sizes": [rec(100)]}, world_size=4)
+    with pytest.raises(ValueError, match="sizes"):
+        fd.plot_step_time({})
 
 
 def test_dp_train_command_runs_as_one_worker(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -21,7 +21,8 @@ and per worker, i.e. the payload one worker passes to ``all_reduce``):
 
 ``config``
     the arguments: ``widths``, ``world_sizes``, ``directions`` (K), ``batch_per_worker``,
-    ``rounds``, ``steps_per_round``, ``k_sweep`` (list of K), ``k_sweep_width``, ``dtype``
+    ``rounds``, ``steps_per_round``, ``k_sweep`` (list of K), ``k_sweep_width``, ``sampler``
+    (tangent distribution), ``dtype``
     ("float32"), ``backend`` ("gloo"), ``threads_per_worker``, ``equivalence_steps``.
 ``machine``
     ``cpus`` (``os.cpu_count()``), ``torch`` (version), ``platform``.
@@ -187,7 +188,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     sizes = []
     for width in config["widths"]:
         trainers = {
-            "shared_seed": _Trainer(width, SharedSeedForwardGradient(k, seed=11), batch, world_size, rank),
+            "shared_seed": _Trainer(width, SharedSeedForwardGradient(k, seed=11, sampler=config["sampler"]), batch, world_size, rank),
             "all_reduce": _Trainer(width, AllReduceGradient(), batch, world_size, rank),
         }
         n = count_parameters(trainers["all_reduce"].model)
@@ -210,7 +211,7 @@ def _worker(config: dict[str, Any]) -> dict[str, Any]:
     if config["k_sweep"]:
         width = config["k_sweep_width"]
         for kk in config["k_sweep"]:
-            tr = _Trainer(width, SharedSeedForwardGradient(kk, seed=11), batch, world_size, rank)
+            tr = _Trainer(width, SharedSeedForwardGradient(kk, seed=11, sampler=config["sampler"]), batch, world_size, rank)
             data = _measure({"shared_seed": tr}, rounds, steps)
             summary = _summary(*data["shared_seed"], predicted=4 * kk)
             summary["phase_seconds"] = {key: statistics.median(v) for key, v in tr.parts.items()}
@@ -277,6 +278,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--directions", type=int, default=4, help="K, tangents per step (default 4)")
     parser.add_argument("--k-sweep", type=_positive_ints, default=[1, 4, 16, 64], help="K values at --k-sweep-width")
     parser.add_argument("--k-sweep-width", type=int, default=256)
+    parser.add_argument("--sampler", choices=("gaussian", "rademacher"), default="gaussian", help="tangent distribution")
     parser.add_argument("--batch", type=int, default=32, help="examples per worker per step")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per scheme")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -302,6 +304,7 @@ def main(argv: list[str]) -> int:
             "k_sweep": args.k_sweep if w == min(args.world_sizes) else [],
             "k_sweep_width": args.k_sweep_width,
             "equivalence_steps": args.equivalence_steps,
+            "sampler": args.sampler,
         }
         results = launch_local(_worker, w, (config,), timeout=args.timeout, collective_timeout=120.0)
         lead = results[0]  # rank 0 reports; the bytes are the same on every rank
@@ -361,6 +364,7 @@ def main(argv: list[str]) -> int:
             "steps_per_round": args.steps,
             "k_sweep": args.k_sweep,
             "k_sweep_width": args.k_sweep_width,
+            "sampler": args.sampler,
             "dtype": "float32",
             "backend": "gloo",
             "threads_per_worker": 1,
