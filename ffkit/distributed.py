@@ -76,6 +76,7 @@ __all__ = [
     "SharedSeedForwardGradient",
     "WorkerFailureError",
     "all_reduce_mean",
+    "check_agreement",
     "directional_derivatives",
     "init_from_env",
     "launch_local",
@@ -128,13 +129,36 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _all_reduce(tensor: Tensor, op: Any, stats: CommStats | None, what: str) -> Tensor:
+    """``dist.all_reduce(tensor, op)`` in place (a no-op in a world of one), counted in ``stats``;
+    a failure or timeout becomes :class:`WorkerFailureError`. Every collective of this module
+    goes through here."""
+    _, world_size = _world()
+    start = time.perf_counter()
+    if world_size > 1:
+        try:
+            dist.all_reduce(tensor, op=op)
+        except Exception as err:  # gloo/nccl raise RuntimeError subclasses (DistBackendError, ...)
+            waited = time.perf_counter() - start
+            raise WorkerFailureError(
+                f"{what}: the all-reduce failed after {waited:.1f} s on rank {dist.get_rank()} of "
+                f"{world_size}; another worker probably died or stopped responding "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from err
+    if stats is not None:
+        stats.calls += 1
+        stats.bytes += tensor.numel() * tensor.element_size()
+        stats.seconds += time.perf_counter() - start
+    return tensor
+
+
 def all_reduce_mean(tensor: Tensor, stats: CommStats | None = None, *, what: str = "all_reduce") -> Tensor:
     """Replace ``tensor`` in place by its average over the workers, (1/W) Σ_r tensor_r, and return it.
 
-    The one door through which this module communicates: the payload (``numel × element_size``
-    bytes) and the time spent are added to ``stats``. Without an initialised process group the
-    world has one worker and the average is ``tensor`` itself (the payload is still counted, so
-    one- and many-worker runs report the same bytes per worker).
+    The counting wrapper of the training step's communication: the payload (``numel ×
+    element_size`` bytes) and the time spent are added to ``stats``. Without an initialised
+    process group the world has one worker and the average is ``tensor`` itself (the payload is
+    still counted, so one- and many-worker runs report the same bytes per worker).
 
     A failing or timed-out collective (another worker died or hangs) raises
     :class:`WorkerFailureError` naming ``what``.
@@ -143,24 +167,29 @@ def all_reduce_mean(tensor: Tensor, stats: CommStats | None = None, *, what: str
         raise TypeError(f"all_reduce_mean needs a tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
         raise TypeError(f"all_reduce_mean averages floating-point tensors, got dtype {tensor.dtype}")
+    _all_reduce(tensor, dist.ReduceOp.SUM, stats, what)
     _, world_size = _world()
-    start = time.perf_counter()
     if world_size > 1:
-        try:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        except Exception as err:  # gloo/nccl raise RuntimeError subclasses (DistBackendError, ...)
-            waited = time.perf_counter() - start
-            raise WorkerFailureError(
-                f"{what}: the all-reduce failed after {waited:.1f} s on rank {dist.get_rank()} of "
-                f"{world_size}; another worker probably died or stopped responding "
-                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-            ) from err
         tensor.div_(world_size)
-    if stats is not None:
-        stats.calls += 1
-        stats.bytes += tensor.numel() * tensor.element_size()
-        stats.seconds += time.perf_counter() - start
     return tensor
+
+
+def check_agreement(
+    fields: Mapping[str, int], *, device: torch.device | str = "cpu", stats: CommStats | None = None, what: str = "settings"
+) -> None:
+    """Raise ``ValueError`` on every worker if the workers hold different values of any of the
+    integer ``fields`` (e.g. K, the seed, the step, n): one all-reduce with MIN and one with MAX
+    of ``len(fields)`` int64 numbers. Data parallelism with mismatched settings would otherwise
+    fail obscurely (buffers of different sizes) or silently (different tangents)."""
+    if not fields:
+        return
+    values = torch.tensor([int(v) for v in fields.values()], dtype=torch.int64, device=device)
+    low, high = values.clone(), values.clone()
+    _all_reduce(low, dist.ReduceOp.MIN, stats, f"{what} check")
+    _all_reduce(high, dist.ReduceOp.MAX, stats, f"{what} check")
+    bad = [f"{name} (from {lo} to {hi})" for name, lo, hi in zip(fields, low.tolist(), high.tolist()) if lo != hi]
+    if bad:
+        raise ValueError(f"{what}: the workers disagree on {', '.join(bad)}; every worker must use the same settings")
 
 
 # --------------------------------------------------------------------------- tangents and JVPs
@@ -268,7 +297,9 @@ class SharedSeedForwardGradient:
 
     Any ``torch.optim`` optimizer then takes the same step on every worker. The K tangents
     (K·n numbers) are held during the step; ``self.step`` may be set to resume a run (it selects
-    the tangents, so two workers must agree on it). Returns the shard's loss f_r(θ). Raises :class:`ffkit.train.DivergenceError` on every worker at once if an
+    the tangents, so two workers must agree on it). The first call checks that every worker has
+    the same K, seed, step, sampler and n (:func:`check_agreement`; its bytes go to
+    ``setup_stats``, not ``stats``). Returns the shard's loss f_r(θ). Raises :class:`ffkit.train.DivergenceError` on every worker at once if an
     averaged directional derivative is not finite (one worker's NaN would otherwise reach all).
     """
 
@@ -290,12 +321,22 @@ class SharedSeedForwardGradient:
         self.step = 0
         #: cumulative wall-clock seconds of the local work: drawing tangents, the K JVPs, forming g
         self.seconds = {"sample": 0.0, "jvp": 0.0, "update": 0.0}
+        #: the one-off check, at the first call, that all workers agree on K, seed, step, sampler, n
+        self.setup_stats = CommStats()
+        self._agreed = False
 
     def __call__(self, model: nn.Module, closure: Callable[[], Tensor]) -> Tensor:
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError("the model has no trainable parameters")
         params = {name: p for name, p in named}
+        if not self._agreed:
+            check_agreement(
+                {"directions K": self.directions, "seed": self.seed % 2**62, "step": self.step,
+                 "sampler": SAMPLERS.index(self.sampler), "parameters n": sum(p.numel() for p in params.values())},
+                device=named[0][1].device, stats=self.setup_stats, what="shared-seed forward gradient",
+            )
+            self._agreed = True
         t0 = time.perf_counter()
         generator = step_generator(self.seed, self.step, named[0][1].device)
         tangents = [_draw_tangent(params, self.sampler, generator) for _ in range(self.directions)]
@@ -332,11 +373,18 @@ class AllReduceGradient:
     def __init__(self, *, stats: CommStats | None = None) -> None:
         self.stats = stats if stats is not None else CommStats()
         self.step = 0
+        #: the one-off check, at the first call, that all workers agree on the step and on n
+        self.setup_stats = CommStats()
+        self._agreed = False
 
     def __call__(self, model: nn.Module, closure: Callable[[], Tensor]) -> Tensor:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
+        if not self._agreed:
+            check_agreement({"step": self.step, "parameters n": sum(p.numel() for p in params)},
+                            device=params[0].device, stats=self.setup_stats, what="all-reduced gradient")
+            self._agreed = True
         earlier = [p.grad for p in params]  # only this closure's gradient is averaged
         for p in params:
             p.grad = None

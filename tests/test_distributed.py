@@ -23,6 +23,9 @@ from ffkit.fg import sample_tangent_
 from ffkit.models import count_parameters, mlp
 from ffkit.train import DivergenceError
 
+# torch's forward-mode rules for some losses are set up through torch.jit.script, which warns
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 STEPS = 5
 K = 3
 GLOBAL_BATCH = 12
@@ -51,13 +54,26 @@ def _train(scheme: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor,
     return theta0, nn.utils.parameters_to_vector(model.parameters()).detach().clone(), stats.as_dict()
 
 
-def _train_all() -> dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, dict[str, float]]]:
-    """Worker body: every (scheme, dtype) combination in one process group."""
-    return {
+def _mismatch() -> str:
+    """Worker body part: each rank uses a different K; return the error every rank gets."""
+    model = mlp([4, 3], generator_seed=0)
+    grad_fn = fd.SharedSeedForwardGradient(2 + dist.get_rank())
+    try:
+        grad_fn(model, lambda: model(torch.ones(2, 4)).sum())
+    except ValueError as err:
+        return str(err)
+    return "no error"
+
+
+def _train_all() -> dict:
+    """Worker body: every (scheme, dtype) combination in one process group, then a mismatch."""
+    out: dict = {
         (scheme, str(dtype)): _train(scheme, dtype)
         for scheme in ("shared-seed", "all-reduce")
         for dtype in (torch.float64, torch.float32)
     }
+    out["mismatch"] = _mismatch()
+    return out
 
 
 def _die_at_step_two(rank_to_die: int) -> str:
@@ -145,6 +161,11 @@ def test_bytes_counted_are_k_or_n_scalars(two_process_runs: list[dict], scheme: 
             per_call = K if scheme == "shared-seed" else n
             assert stats["calls"] == STEPS
             assert stats["bytes"] == STEPS * size * per_call
+
+
+def test_workers_with_different_settings_get_a_clear_error(two_process_runs: list[dict]) -> None:
+    for rank in (0, 1):
+        assert "disagree on directions K (from 2 to 3)" in two_process_runs[rank]["mismatch"]
 
 
 def _rank_line(error: BaseException | None, rank: int) -> str:
