@@ -142,6 +142,32 @@ def _apply_update(model: nn.Module, seeds: list[int], dots: list[float], lr: flo
             p.add_(_draw(p, sampler, gen), alpha=-lr * dot / k)
 
 
+def _fully_trainable_linear(module: nn.Module) -> bool:
+    return type(module) is nn.Linear and all(p.requires_grad for p in module.parameters())
+
+
+def _linear_jvp(layer: nn.Linear, h: Tensor, sampler: str, gen: torch.Generator) -> Tensor:
+    """z = W h + b and its tangent ż = W ḣ + Ẇ h + ḃ for a batch of rows, with one buffer for ż.
+
+    Forward mode through ``F.linear`` forms the three terms of ż as separate tensors; here ż is
+    accumulated in place, which keeps two B × out temporaries fewer alive. Ẇ and ḃ are drawn in
+    ``named_parameters`` order (weight, then bias), as :func:`seeded_tangents` draws them.
+    """
+    primal, tangent = fwAD.unpack_dual(h)
+    weight = layer.weight.detach()
+    w_dot = _draw(weight, sampler, gen)
+    bias = layer.bias.detach() if layer.bias is not None else None
+    b_dot = _draw(bias, sampler, gen) if bias is not None else None
+    z = nn.functional.linear(primal, weight, bias)
+    z_dot = nn.functional.linear(primal, w_dot, b_dot)
+    del w_dot, b_dot
+    if tangent is not None and z_dot.dim() == 2:
+        z_dot.addmm_(tangent, weight.t())
+    elif tangent is not None:
+        z_dot.add_(nn.functional.linear(tangent, weight))
+    return fwAD.make_dual(z, z_dot)
+
+
 def lean_forward_gradient_step(
     model: nn.Sequential,
     inputs: Tensor,
@@ -159,7 +185,9 @@ def lean_forward_gradient_step(
     a child's slice of v_k is drawn from a generator seeded with the k-th of
     :func:`direction_seeds` just before the child runs and freed after it, so at no time is more
     than one child's tangent in memory, and no activation is stored for a backward pass. The
-    update then regenerates the same slices and changes the parameters in place. Returns the loss
+    update then regenerates the same slices and changes the parameters in place. ``nn.Linear``
+    children go through a path that accumulates their output tangent ż = W ḣ + Ẇ h + ḃ in one
+    buffer (:func:`_linear_jvp`); other children through PyTorch's forward mode. Returns the loss
     (of the first pass) and the K directional derivatives ∇f·v_k.
 
     Raises ``TypeError`` for a model that is not an ``nn.Sequential``, ``ValueError`` for a bad
@@ -185,6 +213,9 @@ def lean_forward_gradient_step(
             with fwAD.dual_level():
                 h: Tensor = inputs
                 for child in model:
+                    if _fully_trainable_linear(child):
+                        h = _linear_jvp(child, h, sampler, gen)
+                        continue
                     duals = {
                         name: fwAD.make_dual(p.detach(), _draw(p, sampler, gen))
                         for name, p in child.named_parameters(remove_duplicate=False)

@@ -234,7 +234,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     method, seed = spec["method"], int(spec["seed"])
     # warm up the same code paths on a tiny problem, so that one-time allocations (thread pools,
     # kernel scratch space, lazily loaded libraries) belong to the baseline and not to the step
-    tiny = problem(8, 2, 4, seed=seed)
+    tiny = problem(8, 4, 4, seed=seed)  # 4 layers: deep enough for checkpointing to checkpoint
     StepRunner(method, *tiny).step()
     del tiny
     gc.collect()

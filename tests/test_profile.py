@@ -172,3 +172,23 @@ def test_bad_input() -> None:
         measure_step("backprop", width=4, depth=2, batch=2, allocator="jemalloc")
     with pytest.raises(TypeError, match="Sequential"):
         StepRunner("backprop", nn.Linear(2, 2), x, y)  # type: ignore[arg-type]
+
+
+def test_timeline_draws_a_schedule() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ffkit.plot import timeline
+
+    tasks = schedule("backprop", [1.0, 1.0], [2.0, 2.0], [0.5, 0.5])
+    ax = timeline(tasks, row_labels=["layer 1", "layer 2"])
+    assert len(ax.collections) == len(tasks)
+    assert ax.get_xlim()[1] >= 1e3 * max(t.start + t.duration for t in tasks)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"forward", "backward", "update"}
+    with pytest.raises(ValueError, match="row_labels"):
+        timeline(tasks, row_labels=["only one"])
+    with pytest.raises(ValueError, match="at least one"):
+        timeline([])
+    plt.close("all")
