@@ -354,7 +354,7 @@ def main(argv: list[str]) -> int:
     print(f"\ntotal {seconds:.1f} s")
 
     result = {
-        "command": "python -m ffkit bench-comm " + " ".join(argv),
+        "command": " ".join(["python -m ffkit bench-comm", *argv]),
         "config": {
             "widths": args.widths,
             "world_sizes": args.world_sizes,
