@@ -442,3 +442,25 @@ def test_scalar_directional_derivative_is_gradient_dot_v():
     grad = torch.func.grad(rosenbrock)(theta)
     assert float(dd) == pytest.approx(float(grad @ v), rel=1e-12)
     assert math.isfinite(float(dd))
+
+
+def test_bench_modes_command_writes_consistent_json(tmp_path, capsys):
+    """The benchmark runs end to end on tiny sizes (no timing is asserted, only its bookkeeping)."""
+    import json
+
+    from ffkit.commands import bench_modes
+
+    out = tmp_path / "bench.json"
+    argv = ["--sizes", "6", "5", "3", "--batch", "4", "--rounds", "3", "--hidden", "1", "2",
+            "--gradient-rounds", "1", "--out", str(out)]
+    assert bench_modes.main(argv) == 0
+    result = json.loads(out.read_text())
+    cost = result["cost"]
+    assert cost["n_parameters"] == 6 * 5 + 5 + 5 * 3 + 3
+    assert cost["median_ratio"]["forward pass"] == 1.0
+    assert cost["R_f"] == cost["median_ratio"]["JVP, forward_ad"] and cost["R_b"] == cost["median_ratio"]["VJP, backward()"]
+    assert result["full_gradient"]["n"] == [13 * 1 + 4, 13 * 2 + 4]
+    assert all(t > 0 for t in result["full_gradient"]["one VJP"])
+    assert "R_f =" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_modes.main(["--rounds", "1"])
