@@ -64,8 +64,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
 
+from ffkit.autodiff import module_jvp
 from ffkit.fg import SAMPLERS, sample_tangent_
 from ffkit.train import DivergenceError
 
@@ -215,19 +215,6 @@ def _draw_tangent(params: Mapping[str, Tensor], sampler: str, generator: torch.G
     return {name: sample_tangent_(torch.empty_like(p), sampler, generator) for name, p in params.items()}
 
 
-class _Closure(nn.Module):
-    """Wraps ``closure`` as the forward of a module that owns ``model``, so that
-    ``functional_call`` can run the closure with substituted parameters."""
-
-    def __init__(self, model: nn.Module, closure: Callable[[], Tensor]) -> None:
-        super().__init__()
-        self.model = model
-        self._closure = closure
-
-    def forward(self) -> Tensor:
-        return self._closure()
-
-
 def directional_derivatives(
     model: nn.Module,
     closure: Callable[[], Tensor],
@@ -247,29 +234,20 @@ def directional_derivatives(
     params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters")
-    wrapper = _Closure(model, closure)
-
-    def f(theta: dict[str, Tensor]) -> Tensor:
-        value = functional_call(wrapper, {f"model.{k}": t for k, t in theta.items()}, ())
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            raise ValueError("closure() must return a scalar loss tensor")
-        return value.reshape(())
-
     value: Tensor | None = None
     derivs = []
     for k, v in enumerate(tangents):
         if set(v) != set(params):
             missing, extra = sorted(set(params) - set(v)), sorted(set(v) - set(params))
             raise ValueError(f"tangent {k} does not match the parameters (missing {missing}, extra {extra})")
-        for name, p in params.items():
-            if v[name].shape != p.shape:
-                raise ValueError(f"tangent {k}[{name!r}] has shape {tuple(v[name].shape)}, parameter {tuple(p.shape)}")
-        primal, tangent_out = jvp(f, (params,), (dict(v),))
+        primal, tangent_out = module_jvp(model, closure, v, method="func")
+        if not isinstance(primal, Tensor) or primal.numel() != 1:
+            raise ValueError("closure() must return a scalar loss tensor")
         if value is None:
             value = primal.detach()
-        derivs.append(tangent_out.detach())
+        derivs.append(tangent_out.detach().reshape(()))
     assert value is not None
-    return value, torch.stack(derivs)
+    return value.reshape(()), torch.stack(derivs)
 
 
 # --------------------------------------------------------------------------- the two schemes
