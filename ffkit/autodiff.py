@@ -63,8 +63,8 @@ class Dual:
     product ``J_f(x) v``; for scalar ``f`` it is ``∇f(x)·v``), both exact up to rounding.
 
     ``value`` and ``tangent`` are float arrays of the same shape (``tangent`` defaults to zeros
-    and may be anything that broadcasts to the value's shape). Integer or boolean values become
-    float64. Operations broadcast like NumPy. Comparisons (``<``, ``<=``, ``>``, ``>=``, ``==``,
+    and may be anything that broadcasts to the value's shape); both get the common floating
+    dtype of the two, and integers or booleans become float64. Operations broadcast like NumPy. Comparisons (``<``, ``<=``, ``>``, ``>=``, ``==``,
     ``!=``) compare values only and return boolean arrays. Outside a function's domain the
     result follows NumPy (``log`` of a negative number is ``nan`` with NumPy's
     ``RuntimeWarning``; division by zero gives ``inf``). Combining a Dual with anything other
