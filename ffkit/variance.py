@@ -225,11 +225,8 @@ def measure(
     if not math.isfinite(grad_sq) or grad_sq == 0.0:
         raise ValueError(f"the true gradient has squared norm {grad_sq}; relative measures need a finite, non-zero one")
     group_grad_sq = {g: sum(float(truth[k] @ truth[k]) for k in ks) for g, ks in index.items()}
-    sizes = [truth[k].numel() for k in names]
-    flat_truth = torch.cat([truth[k] for k in names])
-    key_id = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes))
     pos = {k: j for j, k in enumerate(names)}
-    sum_d = torch.zeros_like(flat_truth)
+    sum_d = {k: torch.zeros_like(t) for k, t in truth.items()}
     per_key = np.empty((draws, 3, len(names)))  # per draw and tensor: ĝ·∇f, ‖ĝ‖², ‖ĝ − ∇f‖²
     for i in range(draws):
         est = _as_named(draw(), "draw()")
@@ -238,15 +235,16 @@ def measure(
         for k in names:
             if est[k].numel() != truth[k].numel():
                 raise ValueError(f"draw()[{k!r}] has {est[k].numel()} entries, the true gradient {truth[k].numel()}")
-        e = torch.cat([est[k].detach().reshape(-1) for k in names]).to(torch.float64)
-        d = e - flat_truth
-        sum_d += d
-        prods = torch.stack([e * flat_truth, e * e, d * d])
-        per_key[i] = torch.zeros(3, len(names), dtype=torch.float64).index_add_(1, key_id, prods).numpy()
+        dots = []
+        for k in names:
+            e = est[k].detach().reshape(-1).to(torch.float64)
+            d = e - truth[k]
+            sum_d[k] += d
+            dots += [e @ truth[k], e @ e, d @ d]
+        per_key[i] = torch.stack(dots).reshape(len(names), 3).T.numpy()
         if not np.all(np.isfinite(per_key[i])):
             raise ValueError(f"draw {i} returned a non-finite estimate")
-    mean_d_sq = (sum_d / draws).square()
-    mean_d_key = torch.zeros(len(names), dtype=torch.float64).index_add_(0, key_id, mean_d_sq).numpy()
+    mean_d_key = np.array([float((sum_d[k] / draws).square().sum()) for k in names])
 
     def summarise(ks: Sequence[str], t_sq: float) -> tuple[float, float, float, np.ndarray, np.ndarray]:
         cols = [pos[k] for k in ks]
@@ -608,6 +606,7 @@ def quadratic_risk(
     *,
     sampler: str = "gaussian",
     directions: int | None = 1,
+    stop_below: float | None = None,
 ) -> np.ndarray:
     """Exact expected loss of SGD with forward gradients on f(θ) = ½ Σ_i h_i (θ_i − θ*_i)².
 
@@ -619,7 +618,8 @@ def quadratic_risk(
 
     ``directions=None`` is gradient descent with the true gradient (c = 1, no second term).
     Gaussian tangents are rotation invariant, so this covers every quadratic with Hessian
-    eigenvalues h. Returns E f(θ_t) for t = 0 … ``steps`` (length ``steps + 1``).
+    eigenvalues h. Returns E f(θ_t) for t = 0 … ``steps`` (length ``steps + 1``), or only up to
+    the first t with E f(θ_t) <= ``stop_below`` if that comes earlier.
     """
     hv = _check_h(h)
     s = np.broadcast_to(np.asarray(e0_sq, dtype=float), hv.shape).copy()
@@ -633,6 +633,8 @@ def quadratic_risk(
     for t in range(1, steps + 1):
         s = a * s + (b * lr * lr * float(h2 @ s))
         out[t] = 0.5 * float(hv @ s)
+        if stop_below is not None and out[t] <= stop_below:
+            return out[: t + 1]
     return out
 
 

@@ -279,6 +279,8 @@ def test_quadratic_risk_isotropic_closed_form() -> None:
     risk = V.quadratic_risk(np.ones(n), 1.0, lr, 50)
     rho = 1 - 2 * lr + (n + 2) * lr**2  # E‖e'‖² = (1 − 2η + (n+2)η²)‖e‖² for h = 1
     assert np.allclose(risk, 0.5 * n * rho ** np.arange(51))
+    early = V.quadratic_risk(np.ones(n), 1.0, lr, 50, stop_below=risk[20])
+    assert len(early) == 21 and np.allclose(early, risk[:21])
     gd = V.quadratic_risk(np.ones(n), 1.0, 0.3, 5, directions=None)
     assert np.allclose(gd, 0.5 * n * 0.49 ** np.arange(6))
 
