@@ -58,8 +58,6 @@ Grad = Union[Tensor, Mapping[str, Tensor], Sequence[Tensor]]
 #: to its group's name, or an explicit ``{group: [tensor names]}``.
 Groups = Union[None, Callable[[str], str], Mapping[str, Sequence[str]]]
 
-Sampler = Literal["gaussian", "rademacher"]
-
 # E[v_i^4] for tangents with E[v_i] = 0, E[v_i^2] = 1.
 _KURTOSIS: dict[str, float] = {"gaussian": 3.0, "rademacher": 1.0}
 

@@ -312,3 +312,20 @@ def test_max_stable_lr_closed_forms() -> None:
     grow = V.quadratic_risk(h, 1.0, 1.02 * eta, 3000)
     decay = V.quadratic_risk(h, 1.0, 0.98 * eta, 3000)
     assert grow[-1] > grow[-1000] and decay[-1] < decay[-1000]
+
+
+def test_variance_width_run_records_target_and_divergence() -> None:
+    from ffkit.commands.variance_width import run_one
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    kw = dict(steps=20, eval_every=5, batch=16, seed=0)
+    easy = run_one(2, "backprop", 0.1, x, y, target=10.0, **kw)  # the initial loss is about ln 10 < 10
+    assert easy["steps_to_target"] == 5 and not easy["diverged"] and easy["eval_step"] == [0, 5]
+    wild = run_one(2, "forward gradient", 1e4, x, y, target=0.0, **kw)
+    assert wild["diverged"] and wild["steps_to_target"] is None
+    calm = run_one(2, "forward gradient", 1e-3, x, y, target=0.0, **kw)
+    assert not calm["diverged"] and calm["eval_step"] == [0, 5, 10, 15, 20] and len(calm["loss"]) == 5
+    sparse = run_one(2, "backprop", 1e-3, x, y, target=0.0, **{**kw, "steps": 60, "eval_every": 10})
+    assert sparse["eval_step"] == [0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 60]
