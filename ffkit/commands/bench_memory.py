@@ -17,8 +17,9 @@ MiB = 2**20
 LEAN_TARGET = 1.2
 
 
-def _table(rows: list[StepProfile]) -> str:
+def _table(rows: list[StepProfile], timed: list[StepProfile]) -> str:
     base = next(r for r in rows if r.method == "inference")
+    seconds = {r.method: r.seconds for r in timed}
     lines = [
         f"{'method':<22} {'saved MiB':>9} {'working MiB':>11} {'footprint MiB':>13} "
         f"{'x inference':>11} {'working x':>9} {'step s':>7} {'time x':>6}"
@@ -27,7 +28,8 @@ def _table(rows: list[StepProfile]) -> str:
         lines.append(
             f"{r.method:<22} {r.saved_bytes / MiB:>9.1f} {r.working_bytes / MiB:>11.1f} "
             f"{r.footprint_bytes / MiB:>13.1f} {r.footprint_bytes / base.footprint_bytes:>11.2f} "
-            f"{r.working_bytes / base.working_bytes:>9.1f} {r.seconds:>7.2f} {r.seconds / base.seconds:>6.2f}"
+            f"{r.working_bytes / base.working_bytes:>9.1f} {seconds[r.method]:>7.2f} "
+            f"{seconds[r.method] / seconds['inference']:>6.2f}"
         )
     return "\n".join(lines)
 
@@ -54,11 +56,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     print(f"MLP width {args.width}, depth {args.depth}, batch {args.batch}, float32, {torch.get_num_threads()} threads")
-    print("each step measured in a fresh process; peak resident memory above the process baseline\n")
-    reference = [
-        measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=args.repeats) for m in METHODS
+    print("each step measured in a fresh process; peak resident memory above the process baseline;")
+    print("memory with freed memory returned to the system, time (median) with glibc's default allocator\n")
+    reference = [measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=0) for m in METHODS]
+    default = [
+        measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=args.repeats, allocator="default")
+        for m in METHODS
     ]
-    print(_table(reference))
+    print(_table(reference, default))
     base = reference[0]
     ratios = {r.method: r.footprint_bytes / base.footprint_bytes for r in reference}
     lean = ratios["lean forward gradient"]
@@ -68,11 +73,7 @@ def main(argv: list[str]) -> int:
         f"backprop {ratios['backprop']:.2f}x; naive forward gradient {ratios['forward gradient']:.2f}x; "
         f"checkpointing {ratios['checkpointing']:.2f}x"
     )
-    print("\nthe same with glibc's default (caching) allocator policy:")
-    default = [
-        measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=0, allocator="default")
-        for m in ("inference", "backprop", "lean forward gradient")
-    ]
+    print("\nfootprint with glibc's default (caching) allocator policy:")
     for r in default:
         print(f"  {r.method:<22} footprint {r.footprint_bytes / MiB:8.1f} MiB = {r.footprint_bytes / default[0].footprint_bytes:.2f}x inference")
 
@@ -85,9 +86,9 @@ def main(argv: list[str]) -> int:
     }
     if args.sweep:
         print("\nmemory versus depth (width 512, batch 256):")
-        result["depth_sweep"] = _sweep("depth", [1, 2, 4, 8, 16, 32, 64], {"width": 512, "batch": 256}, repeats=1)
+        result["depth_sweep"] = _sweep("depth", [1, 2, 4, 8, 16, 32, 64], {"width": 512, "batch": 256}, repeats=0)
         print("\nmemory versus batch (width 512, depth 16):")
-        result["batch_sweep"] = _sweep("batch", [16, 64, 256, 1024, 4096], {"width": 512, "depth": 16}, repeats=1)
+        result["batch_sweep"] = _sweep("batch", [16, 64, 256, 1024, 4096], {"width": 512, "depth": 16}, repeats=0)
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1) + "\n")
