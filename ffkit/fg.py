@@ -19,7 +19,9 @@ Two entry points:
   :func:`ffkit.train.fit`).
 
 Both run the function under ``torch.no_grad()`` with ``torch.autograd.forward_ad`` dual
-tensors: no autograd graph is recorded and no activation is stored. Tangents are drawn straight
+tensors: no autograd graph is recorded and no activation is stored. A linear or convolution
+layer whose input carries no tangent (the first layer) gets its tangent from one product
+``layer(x, Ẇ, ḃ)`` instead of forward AD's two (one of them with a zero tangent). Tangents are drawn straight
 into the tensors that then become the estimate (scaled in place), so a step allocates one
 parameter-sized buffer, as ``loss.backward()`` does. The K directions run one after another:
 evaluating them in one ``torch.func.vmap``-ed pass (which shares the primal computation) was no
@@ -35,6 +37,8 @@ from typing import Union
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
+
+from torch.overrides import TorchFunctionMode
 
 from ffkit.train import DivergenceError
 
@@ -127,6 +131,38 @@ def sample_tangent_(out: Tensor, sampler: str = "gaussian", generator: torch.Gen
     return fill(out, generator)
 
 
+class _SkipZeroTangentProducts(TorchFunctionMode):
+    """Linear and convolution layers whose *input* carries no tangent (the first layer: the data
+    are constants) get their tangent as one product, ``layer(x, Ẇ, ḃ)``.
+
+    Forward AD treats the missing input tangent as a materialised zero tensor and multiplies it
+    by the weight anyway; for the first layer of an MLP that is a full wasted matrix product.
+    Since these layers are linear in (W, b) for a fixed input x, the tangent of
+    ``layer(x, W, b)`` is exactly ``layer(x, Ẇ, ḃ)``. Everything else runs unchanged.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func in _LAYERS and len(args) >= 2 and "input" not in kwargs:
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if isinstance(x, Tensor) and isinstance(weight, Tensor) and fwAD.unpack_dual(x).tangent is None:
+                w_p, w_t = fwAD.unpack_dual(weight)
+                b_p, b_t = fwAD.unpack_dual(bias) if isinstance(bias, Tensor) else (bias, None)
+                if w_t is not None:
+                    rest = args[3:]
+                    extra = {k: v for k, v in kwargs.items() if k != "bias"}
+                    primal = func(x, w_p, b_p, *rest, **extra)
+                    tangent = func(x, w_t, b_t, *rest, **extra)
+                    return fwAD.make_dual(primal, tangent)
+        return func(*args, **kwargs)
+
+
+_LAYERS = frozenset(
+    {torch.nn.functional.linear, torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d}
+)
+
+
 def _unpack_scalar(out: object, what: str) -> tuple[Tensor, Tensor | None]:
     """Primal value and directional derivative of a dual scalar; clear errors otherwise."""
     if not isinstance(out, Tensor):
@@ -214,7 +250,9 @@ def forward_gradient(
                 tangents = [fill(s, generator) for s in scratch]
             with fwAD.dual_level():
                 duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
-                primal, dd = _unpack_scalar(f(rebuild(duals)), "f(params)")
+                with _SkipZeroTangentProducts():
+                    out = f(rebuild(duals))
+                primal, dd = _unpack_scalar(out, "f(params)")
             if k == 0:
                 value = primal
                 estimate = [t.mul_(dd / directions) for t in tangents]
@@ -306,7 +344,8 @@ class ForwardGradient:
                     try:
                         for table, name, p in slots:
                             table[name] = dual_of[id(p)]
-                        out = closure()
+                        with _SkipZeroTangentProducts():
+                            out = closure()
                     finally:
                         for table, name, p in slots:
                             table[name] = p

@@ -257,3 +257,27 @@ def test_backprop_grad_and_forward_gradient_are_interchangeable() -> None:
         losses.append(float(loss))
         assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_first_layer_shortcut_matches_torch_func_jvp(arch: str) -> None:
+    """ffkit computes the first layer's tangent as layer(x, Ẇ, ḃ) (its input has no tangent);
+    the result must equal torch.func.jvp's directional derivative with the same tangents."""
+    torch.manual_seed(0)
+    if arch == "mlp":
+        model = ffkit.models.mlp([784, 32, 10]).double()
+    else:
+        model = ffkit.models.small_cnn(width=4).double()
+    x = torch.rand(8, 1, 28, 28, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,))
+    loss_fn = nn.CrossEntropyLoss()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(4)
+    tangents = {k: sample_tangent_(torch.empty_like(p), "gaussian", g) for k, p in params.items()}
+    loss, dd = torch.func.jvp(
+        lambda p: loss_fn(torch.func.functional_call(model, p, (x,)), y), (params,), (tangents,)
+    )
+    fg_loss = ForwardGradient(generator=torch.Generator().manual_seed(4))(model, lambda: loss_fn(model(x), y))
+    assert torch.equal(fg_loss, loss.detach())
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, dd * tangents[k], rtol=1e-12, atol=1e-15)
