@@ -168,6 +168,23 @@ def _linear_jvp(layer: nn.Linear, h: Tensor, sampler: str, gen: torch.Generator)
     return fwAD.make_dual(z, z_dot)
 
 
+def tangent_forward(module: nn.Module, h: Tensor, sampler: str, generator: torch.Generator) -> Tensor:
+    """Run one layer in forward mode with its tangent slice freshly drawn from ``generator``.
+
+    Must be called inside ``torch.autograd.forward_ad.dual_level()``; ``h`` is the (dual) input,
+    the result is the dual output (value and tangent). The module's trainable parameters get
+    tangents drawn in ``named_parameters`` order, which are dropped when the call returns.
+    """
+    if _fully_trainable_linear(module):
+        return _linear_jvp(module, h, sampler, generator)  # type: ignore[arg-type]
+    duals = {
+        name: fwAD.make_dual(p.detach(), _draw(p, sampler, generator))
+        for name, p in module.named_parameters(remove_duplicate=False)
+        if p.requires_grad
+    }
+    return torch.func.functional_call(module, duals, (h,)) if duals else module(h)
+
+
 def lean_forward_gradient_step(
     model: nn.Sequential,
     inputs: Tensor,
@@ -213,16 +230,7 @@ def lean_forward_gradient_step(
             with fwAD.dual_level():
                 h: Tensor = inputs
                 for child in model:
-                    if _fully_trainable_linear(child):
-                        h = _linear_jvp(child, h, sampler, gen)
-                        continue
-                    duals = {
-                        name: fwAD.make_dual(p.detach(), _draw(p, sampler, gen))
-                        for name, p in child.named_parameters(remove_duplicate=False)
-                        if p.requires_grad
-                    }
-                    h = torch.func.functional_call(child, duals, (h,)) if duals else child(h)
-                    del duals
+                    h = tangent_forward(child, h, sampler, gen)
                 out = _scalar(loss_fn(h))
                 del h
                 primal, tangent = fwAD.unpack_dual(out)

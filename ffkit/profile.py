@@ -54,7 +54,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from ffkit.lean import _draw, lean_forward_gradient_step, plain_forward_gradient_step
+from ffkit.lean import _draw, lean_forward_gradient_step, plain_forward_gradient_step, tangent_forward
 from ffkit.models import mlp
 
 METHODS = ("inference", "backprop", "checkpointing", "forward gradient", "lean forward gradient")
@@ -376,8 +376,8 @@ def layer_timings(
     parameters and its input), ``"update"`` (θ_p ← θ_p − η g_p for its parameters),
     ``"forward+tangent"`` (the layer in forward mode with a freshly drawn tangent, as in the lean
     step) and ``"update (regenerated)"`` (redrawing the layer's tangent and applying the update in
-    place). Each layer runs on a detached copy of the previous layer's output, so that its own
-    work is timed alone.
+    place), with the same code as :func:`ffkit.lean.lean_forward_gradient_step`. Each layer runs
+    on a detached copy of the previous layer's output, so that its own work is timed alone.
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
@@ -426,12 +426,11 @@ def layer_timings(
             h = inputs
             for i, block in enumerate(blocks):
                 t0 = clock()
-                duals = {name: fwAD.make_dual(p.detach(), _draw(p, "gaussian", gen)) for name, p in block.named_parameters()}
-                h = torch.func.functional_call(block, duals, (h,))
+                for child in block:
+                    h = tangent_forward(child, h, "gaussian", gen)
                 if i == n - 1:
                     h = loss_fn(h)
                 samples["forward+tangent"][i].append(clock() - t0)
-                del duals
             dot = float(fwAD.unpack_dual(h).tangent)
             del h
         with torch.no_grad():

@@ -26,6 +26,18 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _paired_medians(a, b, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``a()`` and of ``b()``, timed alternately so that both see the same load."""
+    a(), b()  # warm-up
+    ta, tb = [], []
+    for _ in range(repeats):
+        for fn, times in ((a, ta), (b, tb)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def _layers_part(width: int, depth: int, batch: int, microbatches: int, repeats: int) -> dict[str, object]:
     model, x, y = problem(width, depth, batch)
     full = layer_timings(model, x, lambda out: nn.functional.cross_entropy(out, y), repeats=repeats)
@@ -52,8 +64,11 @@ def _directions_part(width: int, depth: int, batch: int, ks: list[int], repeats:
     rows = []
     for k in ks:
         tangents = {name: torch.randn((k, *p.shape), generator=gen) for name, p in params.items()}
-        loop = _median_seconds(lambda: directional_derivatives(f, params, tangents, batched=False), repeats)
-        vmap = _median_seconds(lambda: directional_derivatives(f, params, tangents, batched=True), repeats)
+        loop, vmap = _paired_medians(
+            lambda: directional_derivatives(f, params, tangents, batched=False),
+            lambda: directional_derivatives(f, params, tangents, batched=True),
+            repeats,
+        )
         # the total variance E‖g_K − ∇f‖² of the K-direction estimate, by Monte Carlo
         errors = []
         for _ in range(draws):
@@ -82,7 +97,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--ks", default="1,2,4,8,16,32,64", help="numbers of directions K")
     parser.add_argument("--draws", type=int, default=40, help="Monte Carlo draws per K for the variance")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
