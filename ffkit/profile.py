@@ -368,8 +368,12 @@ def layer_timings(
     repeats: int = 5,
     lr: float = _LR,
     seed: int = 0,
+    statistic: str = "median",
 ) -> dict[str, list[float]]:
-    """Median seconds per layer (see :func:`layers`) of each piece of a training step.
+    """Seconds per layer (see :func:`layers`) of each piece of a training step, over ``repeats`` runs.
+
+    ``statistic`` is ``"median"`` or ``"min"``; on a machine shared with other work the minimum
+    estimates the cost of the work itself, undisturbed by what else runs.
 
     Keys: ``"forward"`` (the layer's forward pass recording what backward needs; the last layer
     includes the loss), ``"backward"`` (``torch.autograd.grad`` of the layer's output for its
@@ -381,6 +385,9 @@ def layer_timings(
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    reducers: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
+    if statistic not in reducers:
+        raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
     blocks = layers(model)
     n = len(blocks)
     samples: dict[str, list[list[float]]] = {
@@ -440,7 +447,7 @@ def layer_timings(
                 for p in block.parameters():
                     p.add_(_draw(p, "gaussian", gen), alpha=-lr * dot)
                 samples["update (regenerated)"][i].append(clock() - t0)
-    return {k: [statistics.median(s) for s in v] for k, v in samples.items()}
+    return {k: [reducers[statistic](s) for s in v] for k, v in samples.items()}
 
 
 # --------------------------------------------------------------------------- schedules
