@@ -1,7 +1,8 @@
 """Per-layer step timings for the timeline figures, and K tangents batched with vmap versus a loop.
 
-Times are the fastest of ``--repeats`` runs: on a machine shared with other work the minimum
-estimates the cost of the work itself; the medians are stored next to them in the JSON."""
+On a machine shared with other work the fastest runs estimate the cost of the work itself: the
+per-layer timings are those of the quietest of ``--repeats`` layer-by-layer steps (smallest
+total), the other times the fastest runs; the medians are stored next to them in the JSON."""
 
 from __future__ import annotations
 
@@ -29,11 +30,15 @@ def _min_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
-def _paired_times(a, b, repeats: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``a()`` and of ``b()`` over ``repeats`` runs, timed alternately so that both see the same load."""
+def _paired_times(a, b, repeats: int, min_seconds: float = 3.0) -> tuple[list[float], list[float]]:
+    """Seconds of ``a()`` and of ``b()``, timed alternately so that both see the same load, over at
+    least ``repeats`` runs each and at least ``min_seconds`` in all (so that a burst of other work on
+    the machine cannot cover every run)."""
     a(), b()  # warm-up
-    ta, tb = [], []
-    for _ in range(repeats):
+    ta: list[float] = []
+    tb: list[float] = []
+    begin = time.perf_counter()
+    while len(ta) < repeats or time.perf_counter() - begin < min_seconds:
         for fn, times in ((a, ta), (b, tb)):
             start = time.perf_counter()
             fn()
@@ -42,20 +47,30 @@ def _paired_times(a, b, repeats: int) -> tuple[list[float], list[float]]:
 
 
 def _layers_part(width: int, depth: int, batch: int, microbatches: int, repeats: int) -> dict[str, object]:
+    """Each repeat times the step layer by layer (full batch and one micro-batch) and then whole
+    steps, so that all of them see the same load; the per-layer timings kept are those of the
+    quietest repeat (smallest total), the whole-step times the fastest."""
     model, x, y = problem(width, depth, batch)
     m = batch // microbatches
+    runners = {meth: StepRunner(meth, *problem(width, depth, batch)) for meth in ("inference", "backprop", "lean forward gradient")}
+    runs: dict[str, list[dict[str, list[float]]]] = {"full_batch": [], "microbatch": []}
+    whole: dict[str, list[float]] = {meth: [] for meth in runners}
+    for r in range(repeats + 1):  # the first repeat warms up and is dropped
+        full = layer_timings(model, x, lambda o: nn.functional.cross_entropy(o, y), repeats=1, seed=r)
+        micro = layer_timings(model, x[:m], lambda o: nn.functional.cross_entropy(o, y[:m]), repeats=1, seed=r)
+        seconds = {meth: _min_seconds(runner.step, 1) for meth, runner in runners.items()}
+        if r:
+            runs["full_batch"].append(full)
+            runs["microbatch"].append(micro)
+            for meth, t in seconds.items():
+                whole[meth].append(t)
     out: dict[str, object] = {}
-    for statistic, suffix in (("min", ""), ("median", "_median")):
-        out["full_batch" + suffix] = layer_timings(
-            model, x, lambda o: nn.functional.cross_entropy(o, y), repeats=repeats, statistic=statistic
-        )
-        out["microbatch" + suffix] = layer_timings(
-            model, x[:m], lambda o: nn.functional.cross_entropy(o, y[:m]), repeats=repeats, statistic=statistic
-        )
-    out["whole_step_seconds"] = {
-        method: _min_seconds(StepRunner(method, *problem(width, depth, batch)).step, repeats)
-        for method in ("inference", "backprop", "lean forward gradient")
-    }
+    for key, samples in runs.items():
+        out[key] = min(samples, key=lambda run: sum(sum(v) for v in run.values()))
+        out[key + "_median"] = {
+            piece: [statistics.median(run[piece][i] for run in samples) for i in range(depth)] for piece in samples[0]
+        }
+    out["whole_step_seconds"] = {meth: min(ts) for meth, ts in whole.items()}
     return out
 
 
@@ -81,7 +96,9 @@ def _directions_part(width: int, depth: int, batch: int, ks: list[int], repeats:
         loop, vmap = min(loop_times), min(vmap_times)
         # the total variance E‖g_K − ∇f‖² of the K-direction estimate, by Monte Carlo
         errors = []
-        for _ in range(draws):
+        # ‖g_K − ∇f‖² has a relative spread of about √(2/K) per draw: more draws where K is small
+        draws_k = max(draws, -(-400 // k))
+        for _ in range(draws_k):
             v = {name: torch.randn((k, *p.shape), generator=gen) for name, p in params.items()}
             dots = directional_derivatives(f, params, v, batched=True)
             est = torch.cat([(dots.view(-1, *[1] * (t.dim() - 1)) * t).mean(0).flatten() for t in v.values()])
@@ -95,6 +112,7 @@ def _directions_part(width: int, depth: int, batch: int, ks: list[int], repeats:
                 "vmap_seconds_median": statistics.median(vmap_times),
                 "variance": statistics.fmean(errors),
                 "variance_sem": statistics.stdev(errors) / len(errors) ** 0.5,
+                "draws": draws_k,
                 "variance_theory": (n + 1) * float(grad @ grad) / k,
             }
         )
@@ -111,7 +129,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--ks", default="1,2,4,8,16,32,64", help="numbers of directions K")
-    parser.add_argument("--draws", type=int, default=40, help="Monte Carlo draws per K for the variance")
+    parser.add_argument("--draws", type=int, default=40, help="least Monte Carlo draws per K for the variance (400/K if more)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -120,7 +138,7 @@ def main(argv: list[str]) -> int:
 
     print(f"per-layer timings: MLP width {args.width}, depth {args.depth}, batch {args.batch} "
           f"(and micro-batches of {args.batch // args.microbatches}), "
-          f"fastest of {args.repeats} runs (medians in the JSON)")
+          f"quietest of {args.repeats} runs (medians in the JSON)")
     layers_part = _layers_part(args.width, args.depth, args.batch, args.microbatches, args.repeats)
     full = layers_part["full_batch"]
     print(f"{'layer':>5} " + " ".join(f"{k:>20}" for k in full))
