@@ -511,8 +511,8 @@ def linear_layer_estimate(
     vmapped over draws, so use plain tensor operations). Every directional derivative comes from
     a forward-mode pass (``torch.func.jvp``); tangents are Gaussian.
 
-    * weight perturbation: tangent V (q × p) on W; ĝ = (∇_W L · V) V, or with per-example noise
-      ĝ = mean_k (∇_W ℓ_k · V_k) V_k.
+    * weight perturbation: tangent Ẇ (q × p) on W; ĝ = (∇_W L · Ẇ) Ẇ, or with per-example noise
+      ĝ = mean_k (∇_W ℓ_k · Ẇ_k) Ẇ_k.
     * activity perturbation (Ren et al. 2023): tangent u (q entries) on each z_k, shared or one
       per example; ĝ = mean_k (∇_z ℓ_k · u_k) u_k x_kᵀ. Only the q entries of z are perturbed.
 
@@ -566,16 +566,16 @@ def linear_layer_estimate(
         def shared(xb: Tensor, yb: Tensor, t: Tensor) -> Tensor:
             return torch.func.jvp(lambda m: per_example(xb @ m.T, yb).mean(), (w,), (t,))[1]
 
-        dd = torch.func.vmap(shared)(xd, yd, v)  # (D,): ∇_W L · V
+        dd = torch.func.vmap(shared)(xd, yd, v)  # (D,): ∇_W L · Ẇ
         return dd[:, None, None] * v
-    # per-example weight noise: example k sees its own copy W_k of the weights and tangent V_k
+    # per-example weight noise: example k sees its own copy W_k of the weights and tangent Ẇ_k
     v = torch.randn(n_draws, n_ex, q, p, **kw)
     stacked = w.expand(n_ex, q, p).clone()
 
     def separate(xb: Tensor, yb: Tensor, t: Tensor) -> Tensor:
         return torch.func.jvp(lambda ws: per_example(torch.einsum("kqp,kp->kq", ws, xb), yb), (stacked,), (t,))[1]
 
-    dd = torch.func.vmap(separate)(xd, yd, v)  # (D, N): ∇_W ℓ_k · V_k
+    dd = torch.func.vmap(separate)(xd, yd, v)  # (D, N): ∇_W ℓ_k · Ẇ_k
     return torch.einsum("dk,dkqp->dqp", dd, v) / n_ex
 
 
