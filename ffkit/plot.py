@@ -25,6 +25,7 @@ METHOD_COLORS: dict[str, str] = {
     "forward-forward": "#9467bd",
     "inference": "#7f7f7f",
     "checkpointing": "#ff7f0e",
+    "lean forward gradient": "#8c564b",
 }
 
 _STYLE: dict[str, Any] = {

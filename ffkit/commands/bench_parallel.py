@@ -130,35 +130,44 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--ks", default="1,2,4,8,16,32,64", help="numbers of directions K")
     parser.add_argument("--draws", type=int, default=40, help="least Monte Carlo draws per K for the variance (400/K if more)")
+    parser.add_argument("--directions-threads", type=int, default=1,
+                        help="torch threads for the directions benchmark (1: immune to waiting on a busy second core)")
+    parser.add_argument("--only", choices=("layers", "directions"), default=None,
+                        help="run one part and update that part of an existing --output file")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(2)
     ks = [int(k) for k in args.ks.split(",")]
 
-    print(f"per-layer timings: MLP width {args.width}, depth {args.depth}, batch {args.batch} "
-          f"(and micro-batches of {args.batch // args.microbatches}), "
-          f"quietest of {args.repeats} runs (medians in the JSON)")
-    layers_part = _layers_part(args.width, args.depth, args.batch, args.microbatches, args.repeats)
-    full = layers_part["full_batch"]
-    print(f"{'layer':>5} " + " ".join(f"{k:>20}" for k in full))
-    for i in range(args.depth):
-        print(f"{i + 1:>5} " + " ".join(f"{full[k][i] * 1e3:>17.2f} ms" for k in full))
-    bp = schedule("backprop", full["forward"], full["backward"], full["update"])
-    fg = schedule("forward gradient", full["forward+tangent"], None, full["update (regenerated)"])
-    end = lambda tasks: max(t.start + t.duration for t in tasks)  # noqa: E731
-    whole = layers_part["whole_step_seconds"]
-    print(f"one worker: backprop step {end(bp) * 1e3:.1f} ms (measured whole step {whole['backprop'] * 1e3:.1f} ms), "
-          f"forward-gradient step {end(fg) * 1e3:.1f} ms (measured {whole['lean forward gradient'] * 1e3:.1f} ms)")
-    micro = layers_part["microbatch"]
-    kw = {"stages": args.workers, "workers": args.workers, "microbatches": args.microbatches}
-    bp_p = schedule("backprop", micro["forward"], micro["backward"], micro["update"], **kw)
-    fg_p = schedule("forward gradient", micro["forward+tangent"], None, micro["update (regenerated)"], **kw)
-    print(f"pipeline of {args.workers} workers, {args.microbatches} micro-batches: backprop {end(bp_p) * 1e3:.1f} ms, "
-          f"forward gradient {end(fg_p) * 1e3:.1f} ms")
-
-    print("\nK directions at once: torch.func.vmap over the JVP versus a Python loop (MLP width 256, depth 3, batch 64)")
-    directions_part = _directions_part(256, 3, 64, ks, args.repeats, args.draws)
+    layers_part = None
+    if args.only != "directions":
+        print(f"per-layer timings: MLP width {args.width}, depth {args.depth}, batch {args.batch} "
+              f"(and micro-batches of {args.batch // args.microbatches}), "
+              f"quietest of {args.repeats} runs (medians in the JSON)")
+        layers_part = _layers_part(args.width, args.depth, args.batch, args.microbatches, args.repeats)
+        full = layers_part["full_batch"]
+        print(f"{'layer':>5} " + " ".join(f"{k:>20}" for k in full))
+        for i in range(args.depth):
+            print(f"{i + 1:>5} " + " ".join(f"{full[k][i] * 1e3:>17.2f} ms" for k in full))
+        bp = schedule("backprop", full["forward"], full["backward"], full["update"])
+        fg = schedule("forward gradient", full["forward+tangent"], None, full["update (regenerated)"])
+        end = lambda tasks: max(t.start + t.duration for t in tasks)  # noqa: E731
+        whole = layers_part["whole_step_seconds"]
+        print(f"one worker: backprop step {end(bp) * 1e3:.1f} ms (measured whole step {whole['backprop'] * 1e3:.1f} ms), "
+              f"forward-gradient step {end(fg) * 1e3:.1f} ms (measured {whole['lean forward gradient'] * 1e3:.1f} ms)")
+        micro = layers_part["microbatch"]
+        kw = {"stages": args.workers, "workers": args.workers, "microbatches": args.microbatches}
+        bp_p = schedule("backprop", micro["forward"], micro["backward"], micro["update"], **kw)
+        fg_p = schedule("forward gradient", micro["forward+tangent"], None, micro["update (regenerated)"], **kw)
+        print(f"pipeline of {args.workers} workers, {args.microbatches} micro-batches: backprop {end(bp_p) * 1e3:.1f} ms, "
+              f"forward gradient {end(fg_p) * 1e3:.1f} ms")
+    directions_part = None
+    if args.only != "layers":
+        print("\nK directions at once: torch.func.vmap over the JVP versus a Python loop (MLP width 256, depth 3, batch 64)")
+        torch.set_num_threads(args.directions_threads)
+        directions_part = _directions_part(256, 3, 64, ks, args.repeats, args.draws)
+        torch.set_num_threads(2)
 
     result = {
         "command": "python -m ffkit bench-parallel " + " ".join(argv),
@@ -167,6 +176,11 @@ def main(argv: list[str]) -> int:
         "layers": layers_part,
         "directions": directions_part,
     }
+    if args.only is not None and args.output is not None and args.output.exists():
+        previous = json.loads(args.output.read_text())
+        result["layers"] = result["layers"] or previous.get("layers")
+        result["directions"] = result["directions"] or previous.get("directions")
+        result["config"] = {**previous.get("config", {}), **result["config"]}
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=1) + "\n")
