@@ -206,6 +206,39 @@ def _flatten(params: Params) -> tuple[list[Tensor], Callable[[Sequence[Tensor]],
     raise TypeError(f"params must be a tensor or a dict/tuple/list of tensors, got {type(params).__name__}")
 
 
+def _average_over_directions(
+    params: Sequence[Tensor],
+    directions: int,
+    fill: Callable[[Tensor, torch.Generator | None], Tensor],
+    generator: torch.Generator | None,
+    directional: Callable[[list[Tensor]], tuple[Tensor, Tensor]],
+) -> tuple[Tensor, list[Tensor]]:
+    """f(θ) and g = (1/K) Σₖ (∇f·vₖ) vₖ, where ``directional(v)`` returns (f(θ), ∇f·v).
+
+    The first tangents are drawn into fresh buffers that are scaled in place and become g; later
+    ones reuse one scratch buffer per parameter. Call under ``torch.no_grad()``.
+    """
+    value: Tensor | None = None
+    estimate: list[Tensor] = []
+    scratch: list[Tensor] = []
+    for k in range(directions):
+        if k == 0:
+            tangents = [fill(torch.empty_like(p), generator) for p in params]
+        else:
+            if not scratch:
+                scratch = [torch.empty_like(p) for p in params]
+            tangents = [fill(t, generator) for t in scratch]
+        primal, dd = directional(tangents)
+        if k == 0:
+            value = primal
+            estimate = [t.mul_(dd / directions) for t in tangents]
+        else:
+            for e, t in zip(estimate, tangents):
+                e.addcmul_(t, dd, value=1.0 / directions)
+    assert value is not None
+    return value, estimate
+
+
 def forward_gradient(
     f: Callable[[Params], Tensor],
     params: Params,
@@ -236,30 +269,16 @@ def forward_gradient(
     _check_generator(generator)
     leaves, rebuild = _flatten(params)
     primals = [t.detach() for t in leaves]
-    estimate: list[Tensor] = []
-    scratch: list[Tensor] = []
-    value: Tensor | None = None
+
+    def directional(tangents: list[Tensor]) -> tuple[Tensor, Tensor]:
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
+            with _SkipZeroTangentProducts():
+                out = f(rebuild(duals))
+            return _unpack_scalar(out, "f(params)")
+
     with torch.no_grad():
-        for k in range(directions):
-            # the first tangents become the estimate (scaled in place); later ones use a scratch buffer
-            if k == 0:
-                tangents = [fill(torch.empty_like(p), generator) for p in primals]
-            else:
-                if not scratch:
-                    scratch = [torch.empty_like(p) for p in primals]
-                tangents = [fill(s, generator) for s in scratch]
-            with fwAD.dual_level():
-                duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents)]
-                with _SkipZeroTangentProducts():
-                    out = f(rebuild(duals))
-                primal, dd = _unpack_scalar(out, "f(params)")
-            if k == 0:
-                value = primal
-                estimate = [t.mul_(dd / directions) for t in tangents]
-            else:
-                for e, t in zip(estimate, tangents):
-                    e.addcmul_(t, dd, value=1.0 / directions)
-    assert value is not None
+        value, estimate = _average_over_directions(primals, directions, fill, generator, directional)
     return value, rebuild(estimate)
 
 
@@ -327,39 +346,25 @@ class ForwardGradient:
         if not callable(closure):
             raise TypeError(f"closure must be callable, got {type(closure).__name__}")
         slots, params = self._slots(model)
-        K = self.directions
-        estimate: list[Tensor] = []
-        scratch: list[Tensor] = []
-        loss: Tensor | None = None
+
+        def directional(tangents: list[Tensor]) -> tuple[Tensor, Tensor]:
+            with fwAD.dual_level():
+                dual_of = {id(p): fwAD.make_dual(p.detach(), t) for p, t in zip(params, tangents)}
+                try:
+                    for table, name, p in slots:
+                        table[name] = dual_of[id(p)]
+                    with _SkipZeroTangentProducts():
+                        out = closure()
+                finally:
+                    for table, name, p in slots:
+                        table[name] = p
+                return _unpack_scalar(out, "the closure")
+
         with torch.no_grad():
-            for k in range(K):
-                if k == 0:
-                    tangents = [self._fill(torch.empty_like(p), self.generator) for p in params]
-                else:
-                    if not scratch:
-                        scratch = [torch.empty_like(p) for p in params]
-                    tangents = [self._fill(s, self.generator) for s in scratch]
-                with fwAD.dual_level():
-                    dual_of = {id(p): fwAD.make_dual(p.detach(), t) for p, t in zip(params, tangents)}
-                    try:
-                        for table, name, p in slots:
-                            table[name] = dual_of[id(p)]
-                        with _SkipZeroTangentProducts():
-                            out = closure()
-                    finally:
-                        for table, name, p in slots:
-                            table[name] = p
-                    primal, dd = _unpack_scalar(out, "the closure")
-                if k == 0:
-                    loss = primal
-                    estimate = [t.mul_(dd / K) for t in tangents]
-                else:
-                    for e, t in zip(estimate, tangents):
-                        e.addcmul_(t, dd, value=1.0 / K)
+            loss, estimate = _average_over_directions(params, self.directions, self._fill, self.generator, directional)
             for p, e in zip(params, estimate):
                 if p.grad is None:
                     p.grad = e
                 else:
                     p.grad.add_(e)
-        assert loss is not None
         return loss

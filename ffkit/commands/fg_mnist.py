@@ -7,7 +7,7 @@ step and the test loss/accuracy every ``--eval-every`` steps. Both methods see t
 initialisation and the same batches. Results go to ``chapters/results/fg_mnist.json``::
 
     python -m ffkit fg-mnist                 # about 10 minutes on one busy CPU core
-    python -m ffkit fg-mnist --steps 300 --tune-steps 50 --models logistic --out /tmp/x.json
+    python -m ffkit fg-mnist --steps 300 --tune-steps 50 --models logistic --out fg_mnist_small.json
 """
 
 from __future__ import annotations
