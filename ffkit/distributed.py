@@ -638,33 +638,43 @@ def _size_rows(result: Mapping[str, Any], world_size: int | None) -> tuple[int, 
     return ws, rows
 
 
+def _plot_schemes(
+    result: Mapping[str, Any], key: str, ylabel: str, labels: tuple[str, str], ax: Any, world_size: int | None
+) -> tuple[Any, list[int], list[Mapping[str, Any]]]:
+    """Draw ``record[scheme][key]`` against n for both schemes, log-log, with markers; return
+    the axes, the n values and the records, for the caller to add its reference lines."""
+    from ffkit.plot import compare_curves
+
+    ws, rows = _size_rows(result, world_size)
+    n = [r["n"] for r in rows]
+    ax = compare_curves(
+        {
+            "backprop": (n, [r["all_reduce"][key] for r in rows]),
+            "forward gradient": (n, [r["shared_seed"][key] for r in rows]),
+        },
+        xlabel="parameters n",
+        ylabel=ylabel,
+        ax=ax,
+        logx=True,
+        logy=True,
+        title=f"{ws} workers, K = {rows[0]['directions']}",
+    )
+    for line, label in zip(ax.get_lines(), labels):
+        line.set_label(label)
+        line.set_marker("o")
+    return ax, n, rows
+
+
 def plot_communication(result: Mapping[str, Any], *, ax: Any = None, world_size: int | None = None) -> Any:
     """Bytes handed to the collectives per step and worker versus the number of parameters n, for
     both schemes, from the ``sizes`` records of ``chapters/results/bench_comm.json`` (see
     :mod:`ffkit.commands.bench_comm`), over the predictions 4n and 4K (wide pale lines). Log-log
     axes; returns the axes."""
-    from ffkit.plot import compare_curves
-
-    ws, rows = _size_rows(result, world_size)
-    n = [r["n"] for r in rows]
-    k = rows[0]["directions"]
-    ax = compare_curves(
-        {
-            "backprop": (n, [r["all_reduce"]["bytes_per_step"] for r in rows]),
-            "forward gradient": (n, [r["shared_seed"]["bytes_per_step"] for r in rows]),
-        },
-        xlabel="parameters n",
-        ylabel="bytes sent per step and worker",
-        ax=ax,
-        logx=True,
-        logy=True,
-        title=f"{ws} workers, K = {k}",
+    ax, n, rows = _plot_schemes(
+        result, "bytes_per_step", "bytes sent per step and worker",
+        ("all-reduced gradient (backprop)", "shared seed (forward gradient)"), ax, world_size,
     )
-    lines = ax.get_lines()
-    lines[0].set_label("all-reduced gradient (backprop)")
-    lines[1].set_label("shared seed (forward gradient)")
-    for line in lines[:2]:
-        line.set_marker("o")
+    k = rows[0]["directions"]
     ax.plot(n, [4 * v for v in n], color="0.6", lw=6, alpha=0.35, zorder=0, label="predicted 4n")
     ax.plot(n, [4 * k for _ in n], color="0.6", lw=6, alpha=0.35, zorder=0, label=f"predicted 4K = {4 * k}")
     ax.legend()
@@ -675,27 +685,11 @@ def plot_step_time(result: Mapping[str, Any], *, ax: Any = None, world_size: int
     """Median seconds per training step versus n for both schemes (solid), and the time of their
     all-reduce alone (dashed, ``isolated_comm_seconds``), from the same records as
     :func:`plot_communication`. Log-log axes; returns the axes."""
-    from ffkit.plot import compare_curves, method_color
+    from ffkit.plot import method_color
 
-    ws, rows = _size_rows(result, world_size)
-    n = [r["n"] for r in rows]
-    ax = compare_curves(
-        {
-            "backprop": (n, [r["all_reduce"]["step_seconds"] for r in rows]),
-            "forward gradient": (n, [r["shared_seed"]["step_seconds"] for r in rows]),
-        },
-        xlabel="parameters n",
-        ylabel="seconds",
-        ax=ax,
-        logx=True,
-        logy=True,
-        title=f"{ws} workers, K = {rows[0]['directions']}",
+    ax, n, rows = _plot_schemes(
+        result, "step_seconds", "seconds", ("step, all-reduced gradient", "step, shared seed"), ax, world_size
     )
-    lines = ax.get_lines()
-    lines[0].set_label("step, all-reduced gradient")
-    lines[1].set_label("step, shared seed")
-    for line in lines[:2]:
-        line.set_marker("o")
     for scheme, name, label in (("all_reduce", "backprop", "all-reduce of 4n bytes alone"),
                                 ("shared_seed", "forward gradient", "all-reduce of 4K bytes alone")):
         ax.plot(n, [r[scheme]["isolated_comm_seconds"] for r in rows], ls="--", marker=".",
