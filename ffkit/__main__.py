@@ -6,9 +6,11 @@ Each command is a module ``ffkit.commands.<name>`` (dashes in the name become un
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 import ffkit.commands
 
@@ -27,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print("usage: python -m ffkit COMMAND [ARGS]\n\ncommands:")
         for name, module in commands.items():
-            doc = (importlib.import_module(f"ffkit.commands.{module}").__doc__ or "").strip()
+            # read the docstring without importing: a command may need packages that only the
+            # book's environment has (nbclient for `notebooks`, say)
+            source = Path(ffkit.commands.__path__[0], f"{module}.py").read_text(encoding="utf-8")
+            doc = (ast.get_docstring(ast.parse(source)) or "").strip()
             print(f"  {name:<22} {doc.splitlines()[0] if doc else ''}")
         return 0 if args else 2
     name, rest = args[0], args[1:]
