@@ -36,10 +36,8 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from ffkit.autodiff import module_jvp
+from ffkit.fg import _check_sampler, sample_tangent_
 from ffkit.train import DivergenceError
-
-#: Distributions the tangents v are drawn from: N(0, I) or uniform on {−1, +1}^n.
-SAMPLERS = ("gaussian", "rademacher")
 
 #: ``loss_fn(output) -> scalar``: the loss of the model's output on the current batch.
 LossFn = Callable[[Tensor], Tensor]
@@ -54,17 +52,9 @@ class LeanStep:
     dots: Tensor
 
 
-def _check_sampler(sampler: str) -> None:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
-
-
 def _draw(like: Tensor, sampler: str, generator: torch.Generator) -> Tensor:
-    """One tangent slice shaped like ``like``, drawn from ``generator``."""
-    if sampler == "gaussian":
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-    signs = torch.randint(0, 2, like.shape, generator=generator, device=like.device)
-    return signs.to(like.dtype).mul_(2).sub_(1)
+    """One tangent slice shaped like ``like``, drawn from ``generator`` by ffkit.fg's samplers."""
+    return sample_tangent_(torch.empty_like(like), sampler, generator)
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
