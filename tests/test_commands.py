@@ -37,6 +37,7 @@ def test_notebooks_command_executes_in_place(tmp_path: Path) -> None:
     executed = nbformat.read(path, as_version=4)
     assert executed.cells[0].outputs[0]["text"] == "45\n"
     assert executed.cells[0].execution_count == 1
+    assert "execution" not in executed.cells[0].metadata  # no wall-clock timestamps stored
 
 
 def test_notebooks_command_rejects_missing_files(tmp_path: Path, capsys) -> None:

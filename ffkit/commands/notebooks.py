@@ -20,11 +20,14 @@ def execute_in_place(path: Path, timeout: int = 900) -> float:
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent.resolve())}},
+        record_timing=False,  # no wall-clock timestamps in the committed notebook
     )
     start = time.perf_counter()
     client.execute()
     elapsed = time.perf_counter() - start
     nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)  # timestamps left by an earlier run
     nbformat.write(nb, path)
     return elapsed
 
