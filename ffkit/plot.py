@@ -118,6 +118,17 @@ def image_grid(
     return fig
 
 
+def running_mean(y: Sequence[float] | np.ndarray, width: int) -> np.ndarray:
+    """Means of ``width`` consecutive values: ``out[i] = mean(y[i : i + width])``.
+
+    The result has ``len(y) - width + 1`` entries; ``out[i]`` belongs to the step of ``y[i + width - 1]``.
+    """
+    ys = np.asarray(y, dtype=float)
+    if width < 1 or width > len(ys):
+        raise ValueError(f"width must be between 1 and len(y) = {len(ys)}, got {width}")
+    return np.convolve(ys, np.ones(width) / width, mode="valid")
+
+
 def compare_curves(
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     *,
@@ -146,8 +157,7 @@ def compare_curves(
         if xs.shape != ys.shape:
             raise ValueError(f"curve {name!r}: x has shape {xs.shape} but y has {ys.shape}")
         if smooth > 1 and len(ys) >= smooth:
-            kernel = np.ones(smooth) / smooth
-            ys = np.convolve(ys, kernel, mode="valid")
+            ys = running_mean(ys, smooth)
             xs = xs[smooth - 1 :]
         ax.plot(xs, ys, label=name, color=method_color(name))
     ax.set_xlabel(xlabel)

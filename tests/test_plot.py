@@ -49,3 +49,11 @@ def test_compare_curves_colours_labels_and_smoothing() -> None:
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="shape"):
         plot.compare_curves({"a": ([1, 2], [1.0])}, xlabel="x", ylabel="y")
+
+
+def test_running_mean_matches_direct_means() -> None:
+    y = np.array([1.0, 3.0, 2.0, 6.0, 4.0])
+    np.testing.assert_allclose(plot.running_mean(y, 2), [2.0, 2.5, 4.0, 5.0])
+    np.testing.assert_allclose(plot.running_mean(y, 5), [y.mean()])
+    with pytest.raises(ValueError, match="width"):
+        plot.running_mean(y, 6)
