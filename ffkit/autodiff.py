@@ -30,7 +30,7 @@ from torch import Tensor, nn
 # Only the entry points: the elementary functions (``exp``, ``sum``, ...) are used as
 # ``ad.exp(x)`` after ``from ffkit import autodiff as ad``, so that a star import does not
 # shadow the builtins ``sum`` and friends.
-__all__ = ["Dual", "jvp", "module_jvp"]
+__all__ = ["Dual", "call_with", "jvp", "module_jvp"]
 
 # --------------------------------------------------------------------------------------------
 # Dual numbers
@@ -428,12 +428,12 @@ def _leaves(tree: Any, name: str) -> list[tuple[str, Tensor]]:
     return pairs
 
 
-def _check_pair(primals: Any, tangents: Any) -> None:
+def _check_pair(primals: Any, tangents: Any, pname: str = "primals", tname: str = "tangents") -> None:
     """Raise ValueError unless ``tangents`` has the structure, shapes and dtypes of ``primals``."""
-    p, t = _leaves(primals, "primals"), _leaves(tangents, "tangents")
+    p, t = _leaves(primals, pname), _leaves(tangents, tname)
     if type(primals) is not type(tangents) and not (isinstance(primals, Mapping) and isinstance(tangents, Mapping)):
         raise ValueError(
-            f"primals and tangents must have the same structure: got {type(primals).__name__} "
+            f"{pname} and {tname} must have the same structure: got {type(primals).__name__} "
             f"and {type(tangents).__name__}"
         )
     if [label for label, _ in p] != [label for label, _ in t]:
@@ -441,20 +441,20 @@ def _check_pair(primals: Any, tangents: Any) -> None:
             pass  # same keys in another order: fine, matched by key below
         else:
             raise ValueError(
-                f"primals and tangents must have the same keys/length: got {[lab for lab, _ in p]} "
+                f"{pname} and {tname} must have the same keys/length: got {[lab for lab, _ in p]} "
                 f"and {[lab for lab, _ in t]}"
             )
     tangent_of = dict(t)
     for label, x in p:
         v = tangent_of[label]
         if not x.is_floating_point():
-            raise ValueError(f"primals{label} must be a floating-point tensor to be differentiated, got {x.dtype}")
+            raise ValueError(f"{pname}{label} must be a floating-point tensor to be differentiated, got {x.dtype}")
         if v.shape != x.shape:
-            raise ValueError(f"tangents{label} has shape {tuple(v.shape)} but primals{label} has {tuple(x.shape)}")
+            raise ValueError(f"{tname}{label} has shape {tuple(v.shape)} but {pname}{label} has {tuple(x.shape)}")
         if v.dtype != x.dtype:
-            raise ValueError(f"tangents{label} has dtype {v.dtype} but primals{label} has {x.dtype}")
+            raise ValueError(f"{tname}{label} has dtype {v.dtype} but {pname}{label} has {x.dtype}")
         if v.device != x.device:
-            raise ValueError(f"tangents{label} is on {v.device} but primals{label} is on {x.device}")
+            raise ValueError(f"{tname}{label} is on {v.device} but {pname}{label} is on {x.device}")
 
 
 def _map(fn: Callable[[Tensor], Any], tree: Any) -> Any:
@@ -485,38 +485,53 @@ def _unpack(output: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def jvp(
-    f: Callable[[Any], Any],
-    primals: Tensors,
-    tangents: Tensors,
+    f: Callable[..., Any],
+    primals: tuple[Tensors, ...],
+    tangents: tuple[Tensors, ...],
     *,
     method: str = "forward_ad",
 ) -> tuple[Any, Any]:
-    """Evaluate ``f(θ)`` and its directional derivative ``Df(θ)[v] = J_f(θ) v`` in one forward pass.
+    """Evaluate ``f(*primals)`` and its directional derivative ``Df(θ)[v] = J_f(θ) v`` in one forward pass.
 
-    ``primals`` is θ: a floating tensor, or a dict/tuple/list of them; ``f`` is called with one
-    argument of that same structure, ``f(primals)``, and may return a tensor or a dict/tuple/list
-    of tensors. ``tangents`` is v, with exactly the structure, shapes and dtypes of ``primals``
-    (a ``ValueError`` says which entry differs). For scalar ``f`` the tangent output is
-    ``∇f(θ)·v``.
+    The convention of ``torch.func.jvp`` and ``jax.jvp``: ``primals`` is the tuple of ``f``'s
+    positional arguments θ = (θ₁, θ₂, …), each a floating tensor or a dict/tuple/list of them, and
+    ``tangents`` is the tuple v = (v₁, v₂, …) with exactly the same structure, shapes and dtypes
+    (a ``ValueError`` says which entry differs). ``f`` may return a tensor or a dict/tuple/list of
+    tensors. For scalar ``f`` the tangent output is ∇f(θ)·v = Σ_i ∇_{θ_i} f · v_i. ::
+
+        value, dot = ffkit.jvp(f, (x,), (v,))               # f(x)
+        value, dot = ffkit.jvp(loss, (params,), (v,))        # params a dict of tensors
+        value, dot = ffkit.jvp(g, (w, b), (w_dot, b_dot))    # g(w, b)
 
     ``method="forward_ad"`` (default) uses ``torch.autograd.forward_ad`` dual tensors;
     ``method="func"`` uses ``torch.func.jvp``. Both are true forward mode: the value and the
-    tangent travel together and nothing is recorded for a backward pass. (Unlike
-    ``torch.autograd.functional.jvp``, which is computed with two reverse passes.)
+    tangent travel together and nothing is recorded for a backward pass (unlike
+    ``torch.autograd.functional.jvp``, which is computed with two reverse passes).
 
-    Returns ``(f(θ), J_f(θ) v)`` with the structure of ``f``'s output.
+    Returns ``(f(*primals), J_f(θ) v)`` with the structure of ``f``'s output.
     """
     if not callable(f):
         raise TypeError(f"f must be callable, got {type(f).__name__}")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    _check_pair(primals, tangents)
-    if isinstance(primals, Mapping):  # same key order on both sides
-        tangents = {k: tangents[k] for k in primals}  # type: ignore[index]
+    for name, args in (("primals", primals), ("tangents", tangents)):
+        if not isinstance(args, tuple):
+            raise TypeError(
+                f"{name} must be a tuple of f's positional arguments, as in torch.func.jvp: "
+                f"write jvp(f, (x,), (v,)) for one argument; got {type(args).__name__}"
+            )
+    if len(primals) != len(tangents):
+        raise ValueError(f"primals has {len(primals)} arguments but tangents has {len(tangents)}")
+    if not primals:
+        raise ValueError("jvp needs at least one primal argument")
+    matched = []
+    for i, (p, t) in enumerate(zip(primals, tangents)):
+        _check_pair(p, t, f"primals[{i}]", f"tangents[{i}]")
+        matched.append({k: t[k] for k in p} if isinstance(p, Mapping) else t)  # same key order
     if method == "func":
-        return torch.func.jvp(f, (primals,), (tangents,))
+        return torch.func.jvp(f, primals, tuple(matched))
     with fwAD.dual_level():
-        out = f(_zip(fwAD.make_dual, primals, tangents))
+        out = f(*(_zip(fwAD.make_dual, p, t) for p, t in zip(primals, matched)))
         value = _map(lambda t: _unpack(t)[0], out)
         tangent_out = _map(lambda t: _unpack(t)[1], out)
     return value, tangent_out
@@ -533,6 +548,17 @@ class _Closure(nn.Module):
 
     def forward(self) -> Any:
         return self.closure()
+
+
+def call_with(model: nn.Module, closure: Callable[[], Any], params: Mapping[str, Tensor]) -> Any:
+    """Run ``closure()`` with ``model``'s parameters named in ``params`` replaced by those tensors.
+
+    Through ``torch.func.functional_call``: the module is left as it was, even if the closure
+    raises; tied parameters take the replacement of either name; parameters left out keep
+    their values.
+    """
+    runner = _Closure(model, closure)
+    return torch.func.functional_call(runner, {f"model.{k}": v for k, v in params.items()}, ())
 
 
 def module_jvp(
@@ -561,9 +587,4 @@ def module_jvp(
         raise ValueError(f"tangents name parameters the model does not have: {unknown}")
     primals = {name: named[name].detach() for name in tangents}
     _check_pair(primals, dict(tangents))
-    runner = _Closure(model, closure)
-
-    def f(params: Mapping[str, Tensor]) -> Any:
-        return torch.func.functional_call(runner, {f"model.{k}": v for k, v in params.items()}, ())
-
-    return jvp(f, primals, dict(tangents), method=method)
+    return jvp(lambda params: call_with(model, closure, params), (primals,), (dict(tangents),), method=method)

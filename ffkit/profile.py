@@ -12,10 +12,16 @@ The book compares one step of five methods on the same model and batch:
     are kept, the rest is recomputed during the backward pass;
 ``"forward gradient"``
     the plain weight-perturbation forward gradient, g = (∇f·v) v with model-sized v and g
-    (:func:`ffkit.lean.plain_forward_gradient_step`);
+    (:func:`ffkit.methods.plain_forward_gradient_step`);
+``"ForwardGradient"``
+    the library's :class:`ffkit.ForwardGradient`, which scales v in place into ``.grad``, then
+    θ ← θ − η ``.grad`` in place;
 ``"lean forward gradient"``
     the same update with tangents regenerated from a seed and applied in place
-    (:func:`ffkit.lean.lean_forward_gradient_step`).
+    (:func:`ffkit.methods.lean_forward_gradient_step`);
+``"shared-seed lean forward gradient"``
+    the lean step of :class:`ffkit.methods.SharedSeedForwardGradient` (one worker: its all-reduce
+    of the K numbers is a no-op).
 
 Two memory measures:
 
@@ -29,7 +35,7 @@ Two memory measures:
   (peak minus the resident size once model and batch exist).
 
 For the timeline figures, :func:`layer_timings` times each layer's forward, backward, update
-and forward-with-tangent work, and :func:`schedule` turns those durations into the start times
+and forward-with-tangent work, and :func:`ffkit.pipeline.schedule` turns those durations into the start times
 of a step on one or several workers.
 """
 
@@ -44,20 +50,30 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from ffkit.lean import _draw, lean_forward_gradient_step, plain_forward_gradient_step, tangent_forward
+from ffkit import tangents as tg
+from ffkit.methods.forward_gradient import ForwardGradient
+from ffkit.methods.lean import lean_forward_gradient_step, plain_forward_gradient_step, tangent_forward
+from ffkit.methods.shared_seed import SharedSeedForwardGradient
 from ffkit.models import mlp
 
-METHODS = ("inference", "backprop", "checkpointing", "forward gradient", "lean forward gradient")
+METHODS = (
+    "inference",
+    "backprop",
+    "checkpointing",
+    "forward gradient",
+    "ForwardGradient",
+    "lean forward gradient",
+    "shared-seed lean forward gradient",
+)
 
 _LR = 1e-4
 
@@ -130,7 +146,9 @@ class StepRunner:
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"model must be an nn.Sequential, got {type(model).__name__}")
         self.method, self.model, self.inputs, self.targets = method, model, inputs, targets
-        self.lr, self.seed = lr, seed
+        self.lr, self.seed, self.t = lr, seed, 0
+        self._fg = ForwardGradient(seed=seed)
+        self._shared = SharedSeedForwardGradient(seed=seed, lean=True, lr=lr)
         self.segments = max(1, round(math.sqrt(len(layers(model)))))
 
     def _loss(self, out: Tensor) -> Tensor:
@@ -162,9 +180,20 @@ class StepRunner:
                     p.sub_(p.grad, alpha=self.lr)
                     p.grad = None
             return float(loss.detach())
+        if self.method == "ForwardGradient":
+            for p in self.model.parameters():
+                p.grad = None
+            loss = self._fg(self.model, lambda: self._loss(self.model(self.inputs)))
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.sub_(p.grad, alpha=self.lr)
+                    p.grad = None
+            return float(loss)
+        if self.method == "shared-seed lean forward gradient":
+            return self._shared.step(self.model, (self.inputs, self.targets)).loss
         stepper = lean_forward_gradient_step if self.method == "lean forward gradient" else plain_forward_gradient_step
-        self.seed += 1
-        return stepper(self.model, self.inputs, self._loss, lr=self.lr, seed=self.seed).loss
+        self.t += 1
+        return stepper(self.model, self.inputs, self._loss, lr=self.lr, seed=self.seed, step=self.t).loss
 
     def saved_bytes(self) -> int:
         """Bytes autograd keeps for backward at the end of this method's forward pass (parameters excluded)."""
@@ -369,11 +398,13 @@ def layer_timings(
     lr: float = _LR,
     seed: int = 0,
     statistic: str = "median",
+    sampler: str | tg.Distribution = tg.DEFAULT,
 ) -> dict[str, list[float]]:
     """Seconds per layer (see :func:`layers`) of each piece of a training step, over ``repeats`` runs.
 
     ``statistic`` is ``"median"`` or ``"min"``; on a machine shared with other work the minimum
-    estimates the cost of the work itself, undisturbed by what else runs.
+    estimates the cost of the work itself, undisturbed by what else runs. ``sampler`` names the
+    tangent distribution of the forward-mode pieces.
 
     Keys: ``"forward"`` (the layer's forward pass recording what backward needs; the last layer
     includes the loss), ``"backward"`` (``torch.autograd.grad`` of the layer's output for its
@@ -388,6 +419,7 @@ def layer_timings(
     reducers: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
     if statistic not in reducers:
         raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
+    dist = tg.get(sampler)
     blocks = layers(model)
     n = len(blocks)
     samples: dict[str, list[list[float]]] = {
@@ -429,110 +461,25 @@ def layer_timings(
         del grads
         # forward gradient, layer by layer (tangents drawn from a seeded generator)
         with torch.no_grad(), fwAD.dual_level():
-            gen = torch.Generator().manual_seed(seed + r)
+            gen = tg.generator(seed, r, 0)
             h = inputs
             for i, block in enumerate(blocks):
                 t0 = clock()
                 for child in block:
-                    h = tangent_forward(child, h, "gaussian", gen)
+                    h = tangent_forward(child, h, dist, gen)
                 if i == n - 1:
                     h = loss_fn(h)
                 samples["forward+tangent"][i].append(clock() - t0)
             dot = float(fwAD.unpack_dual(h).tangent)
             del h
         with torch.no_grad():
-            gen = torch.Generator().manual_seed(seed + r)
+            gen = tg.generator(seed, r, 0)
             for i, block in enumerate(blocks):
                 t0 = clock()
                 for p in block.parameters():
-                    p.add_(_draw(p, "gaussian", gen), alpha=-lr * dot)
+                    tg.combine([dot], [[dist.fill_(torch.empty_like(p), gen)]], out=[p], alpha=-lr)
                 samples["update (regenerated)"][i].append(clock() - t0)
     return {k: [reducers[statistic](s) for s in v] for k, v in samples.items()}
-
-
-# --------------------------------------------------------------------------- schedules
-
-
-class Task(NamedTuple):
-    """One bar of a timeline: ``row`` (layer or worker), ``start`` and ``duration`` (seconds), ``kind``."""
-
-    row: int
-    start: float
-    duration: float
-    kind: str
-
-
-def schedule(
-    method: str,
-    forward: Sequence[float],
-    backward: Sequence[float] | None,
-    update: Sequence[float],
-    *,
-    stages: int | None = None,
-    workers: int = 1,
-    microbatches: int = 1,
-) -> list[Task]:
-    """Start times of every piece of one training step, from per-layer durations.
-
-    The L layers are cut into ``stages`` contiguous groups of (nearly) equal count (default: one
-    per layer), stage s runs on worker ⌊s·workers/stages⌋, and the batch is split into
-    ``microbatches`` that flow through the stages (a pipeline; the durations given must be those
-    of one micro-batch). A piece starts as soon as what it needs is done and its worker is free,
-    in this order:
-
-    * ``method="backprop"``: forward (s, m) after forward (s−1, m); then, once a stage has
-      run all its forwards, backward (s, m) after backward (s+1, m), micro-batch by micro-batch
-      (GPipe's schedule); stage s's update after its last backward. Each stage waits for the
-      one above it: update locking.
-    * ``method="forward gradient"``: forward-with-tangent (s, m) after (s−1, m); ∇f·v is known
-      when the last stage has finished the last micro-batch (its sum over micro-batches is one
-      scalar to broadcast, whose cost is ignored here), and every stage's update can start then.
-
-    Returns the bars as :class:`Task` tuples with ``row`` = stage.
-    """
-    if method not in ("backprop", "forward gradient"):
-        raise ValueError(f"method must be 'backprop' or 'forward gradient', got {method!r}")
-    n = len(forward)
-    if n == 0 or len(update) != n or (method == "backprop" and (backward is None or len(backward) != n)):
-        raise ValueError("forward, backward and update need one duration per layer (and at least one layer)")
-    stages = n if stages is None else stages
-    if not 1 <= stages <= n:
-        raise ValueError(f"stages must be between 1 and the number of layers {n}, got {stages}")
-    if not 1 <= workers <= stages or microbatches < 1:
-        raise ValueError(f"need 1 <= workers <= stages and microbatches >= 1, got {workers}, {microbatches}")
-    groups = np.array_split(np.arange(n), stages)
-    f = [float(sum(forward[i] for i in g)) for g in groups]
-    u = [float(sum(update[i] for i in g)) for g in groups]
-    b = [float(sum(backward[i] for i in g)) for g in groups] if backward is not None else None
-    free = [0.0] * workers
-    tasks: list[Task] = []
-
-    def run(stage: int, ready: float, duration: float, kind: str) -> float:
-        w = stage * workers // stages
-        start = max(ready, free[w])
-        free[w] = start + duration
-        tasks.append(Task(stage, start, duration, kind))
-        return start + duration
-
-    kind = "forward" if method == "backprop" else "forward+tangent"
-    f_end = [[0.0] * microbatches for _ in range(stages)]
-    for m in range(microbatches):
-        for s in range(stages):
-            f_end[s][m] = run(s, f_end[s - 1][m] if s else 0.0, f[s], kind)
-    if method == "backprop":
-        assert b is not None
-        b_end = [[0.0] * microbatches for _ in range(stages)]
-        for m in range(microbatches):
-            for s in reversed(range(stages)):
-                ready = max(f_end[s][m], b_end[s + 1][m] if s + 1 < stages else 0.0)
-                b_end[s][m] = run(s, ready, b[s], "backward")
-                if m == microbatches - 1:
-                    run(s, b_end[s][m], u[s], "update")
-    else:
-        known = f_end[stages - 1][microbatches - 1]
-        for s in range(stages):
-            run(s, known, u[s], "update")
-    return tasks
 
 
 # --------------------------------------------------------------------------- many directions

@@ -12,11 +12,8 @@ many times and report, against the true gradient,
 * the cosine between ĝ and ∇f, draw by draw,
 * all of it per parameter group (a tensor, a layer, ...).
 
-*Theory* (closed forms the chapter derives): :func:`variance_factor`, :func:`expected_cosine`,
-:func:`cosine_density`, :func:`perturbation_variance` (Ren et al. 2023, Table 1), and SGD with
-forward gradients on a quadratic (:func:`quadratic_risk`, :func:`max_stable_lr`,
-:func:`simulate_quadratic`). :func:`linear_layer_estimate` is the weight- and
-activity-perturbed forward gradient of one linear layer that the table is about.
+The closed forms these measurements are checked against are in :mod:`ffkit.theory` (variance,
+cosine, Ren et al.'s Table 1) and :mod:`ffkit.quadratic` (SGD on a quadratic).
 """
 
 from __future__ import annotations
@@ -24,13 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ffkit.train import GradFn, backprop_grad
+from ffkit.methods.backprop import backprop_grad
+from ffkit.methods.base import GradFn
 
 __all__ = [
     "EstimatorStats",
@@ -40,15 +38,6 @@ __all__ = [
     "by_module",
     "compare",
     "table",
-    "kurtosis",
-    "variance_factor",
-    "expected_cosine",
-    "cosine_density",
-    "perturbation_variance",
-    "linear_layer_estimate",
-    "quadratic_risk",
-    "max_stable_lr",
-    "simulate_quadratic",
 ]
 
 #: A gradient in any of the shapes ffkit accepts: one tensor, a dict of named tensors, or a
@@ -58,8 +47,6 @@ Grad = Union[Tensor, Mapping[str, Tensor], Sequence[Tensor]]
 #: to its group's name, or an explicit ``{group: [tensor names]}``.
 Groups = Union[None, Callable[[str], str], Mapping[str, Sequence[str]]]
 
-# E[v_i^4] for tangents with E[v_i] = 0, E[v_i^2] = 1.
-_KURTOSIS: dict[str, float] = {"gaussian": 3.0, "rademacher": 1.0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,334 +382,3 @@ def table(
     for r in rows:
         lines.append("  ".join(x.ljust(w) if j < (2 if by_group else 1) else x.rjust(w) for j, (x, w) in enumerate(zip(r, widths))))
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# theory
-# ---------------------------------------------------------------------------------------------
-
-
-def kurtosis(sampler: str) -> float:
-    """E[v_i⁴] of a tangent sampler with E[v_i²] = 1: 3 for ``"gaussian"``, 1 for ``"rademacher"``."""
-    if sampler not in _KURTOSIS:
-        raise ValueError(f"unknown sampler {sampler!r}; known: {sorted(_KURTOSIS)}")
-    return _KURTOSIS[sampler]
-
-
-def variance_factor(n: int | np.ndarray, sampler: str = "gaussian", directions: int = 1) -> float | np.ndarray:
-    """tr Cov(ĝ) / ‖∇f‖² for ĝ the mean of K = ``directions`` forward gradients (∇f·v)v.
-
-    With i.i.d. entries of v, E v_i² = 1 and kurtosis κ = E v_i⁴,
-    E‖(∇f·v)v‖² = (n + κ − 1)‖∇f‖², so the variance is (n + κ − 2)‖∇f‖² / K:
-    (n + 1)/K for Gaussian and (n − 1)/K for Rademacher tangents.
-    """
-    if not isinstance(directions, int) or directions < 1:
-        raise ValueError(f"directions must be a positive int, got {directions!r}")
-    arr = np.asarray(n, dtype=float)
-    if np.any(arr < 1):
-        raise ValueError("n must be >= 1")
-    out = (arr + kurtosis(sampler) - 2.0) / directions
-    return float(out) if out.ndim == 0 else out
-
-
-def expected_cosine(n: int | np.ndarray) -> float | np.ndarray:
-    """E[cos θ] = E|u₁| = Γ(n/2) / (√π Γ((n+1)/2)) for u uniform on the unit sphere of R^n.
-
-    This is the mean cosine between a one-direction Gaussian forward gradient and ∇f; for large
-    n it approaches √(2/(πn)). Computed through log-Gamma, so n = 10⁹ is fine.
-    """
-    arr = np.asarray(n, dtype=float)
-    if np.any(arr < 1):
-        raise ValueError("n must be >= 1")
-    lg = np.vectorize(math.lgamma)
-    out = np.exp(lg(arr / 2) - lg((arr + 1) / 2)) / math.sqrt(math.pi)
-    return float(out) if out.ndim == 0 else out
-
-
-def cosine_density(t: np.ndarray | float, n: int) -> np.ndarray | float:
-    """The density of cos θ = |u₁| on [0, 1] for u uniform on the sphere of R^n, n >= 2:
-
-    p(t) = 2 Γ(n/2) / (√π Γ((n−1)/2)) · (1 − t²)^((n−3)/2).
-    """
-    if not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"the cosine density needs an int n >= 2, got {n!r}")
-    t = np.asarray(t, dtype=float)
-    log_c = math.log(2.0) + math.lgamma(n / 2) - 0.5 * math.log(math.pi) - math.lgamma((n - 1) / 2)
-    inside = (t >= 0) & (t < 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        val = np.exp(log_c + (n - 3) / 2 * np.log1p(-np.minimum(t * t, 1.0)))
-    out = np.where(inside, val, 0.0)
-    return float(out) if out.ndim == 0 else out
-
-
-def perturbation_variance(
-    perturb: Literal["weight", "activity"],
-    noise: Literal["shared", "per-example"],
-    *,
-    V: float,
-    S: float,
-    p: int,
-    q: int,
-    N: int,
-) -> float:
-    """Ren et al. (2023), Table 1: mean per-entry variance of a linear layer's forward gradient.
-
-    A layer z = W x with fan-in p, fan-out q (W is q × p), a batch of N examples drawn i.i.d.
-    Per example, the weight gradient is G = δ xᵀ with δ = ∂ℓ/∂z. V is the mean over the pq
-    entries of the variance of G across examples, S the mean of its squared expectation. The
-    estimator perturbs W (a tangent of pq entries) or z (q entries), with one tangent for the
-    batch (``"shared"``) or one per example:
-
-    ======== =================== =======================
-    perturb  shared              per-example
-    ======== =================== =======================
-    weight   (pq+2)/N·V + (pq+1)·S   (pq+2)/N·V + (pq+1)/N·S
-    activity (q+2)/N·V + (q+1)·S     (q+2)/N·V + (q+1)/N·S
-    ======== =================== =======================
-    """
-    if perturb not in ("weight", "activity"):
-        raise ValueError(f"perturb must be 'weight' or 'activity', got {perturb!r}")
-    if noise not in ("shared", "per-example"):
-        raise ValueError(f"noise must be 'shared' or 'per-example', got {noise!r}")
-    if min(p, q, N) < 1:
-        raise ValueError(f"p, q and N must be positive, got p={p}, q={q}, N={N}")
-    if V < 0 or S < 0:
-        raise ValueError(f"V and S are non-negative moments, got V={V}, S={S}")
-    m = p * q if perturb == "weight" else q
-    return (m + 2) / N * V + (m + 1) * S / (1 if noise == "shared" else N)
-
-
-def linear_layer_estimate(
-    weight: Tensor,
-    x: Tensor,
-    y: Tensor,
-    loss: Callable[[Tensor, Tensor], Tensor],
-    *,
-    perturb: Literal["weight", "activity"] = "weight",
-    noise: Literal["shared", "per-example"] = "shared",
-    draws: int = 1,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Forward-gradient estimates of ∂L/∂W for one linear layer z = W x, L = mean_k ℓ(z_k, y_k).
-
-    ``weight`` is W (q × p); ``x`` (N × p) and ``y`` (N × ...) are one batch, or ``x``
-    (D × N × p) and ``y`` (D × N × ...) are D batches, one per draw. ``loss(z, y)`` maps the
-    pre-activations (N × q) and targets of one batch to the N per-example losses ℓ_k (it is
-    vmapped over draws, so use plain tensor operations). Every directional derivative comes from
-    a forward-mode pass (``torch.func.jvp``); tangents are Gaussian.
-
-    * weight perturbation: tangent Ẇ (q × p) on W; ĝ = (∇_W L · Ẇ) Ẇ, or with per-example noise
-      ĝ = mean_k (∇_W ℓ_k · Ẇ_k) Ẇ_k.
-    * activity perturbation (Ren et al. 2023): tangent u (q entries) on each z_k, shared or one
-      per example; ĝ = mean_k (∇_z ℓ_k · u_k) u_k x_kᵀ. Only the q entries of z are perturbed.
-
-    Returns D independent estimates (D = ``draws`` for one batch), shape (D, q, p).
-    """
-    if weight.ndim != 2:
-        raise ValueError(f"W must have shape (q, p), got {tuple(weight.shape)}")
-    if x.ndim == 2:
-        if not isinstance(draws, int) or draws < 1:
-            raise ValueError(f"draws must be a positive int, got {draws!r}")
-        x = x.expand(draws, *x.shape)
-        y = y.expand(draws, *y.shape)
-    elif x.ndim != 3:
-        raise ValueError(f"x must have shape (N, p) or (draws, N, p), got {tuple(x.shape)}")
-    if x.shape[-1] != weight.shape[1] or y.shape[:2] != x.shape[:2]:
-        raise ValueError(
-            f"W {tuple(weight.shape)}, x {tuple(x.shape)} and y {tuple(y.shape)} do not fit: "
-            "need W (q, p), x (..., N, p), y (..., N, ...)"
-        )
-    if perturb not in ("weight", "activity"):
-        raise ValueError(f"perturb must be 'weight' or 'activity', got {perturb!r}")
-    if noise not in ("shared", "per-example"):
-        raise ValueError(f"noise must be 'shared' or 'per-example', got {noise!r}")
-    q, p = weight.shape
-    n_draws, n_ex = x.shape[0], x.shape[1]
-    w = weight.detach()
-    xd = x.detach().to(w.dtype)
-    yd = y.detach()
-    kw = {"generator": generator, "dtype": w.dtype, "device": w.device}
-
-    def per_example(z: Tensor, yb: Tensor) -> Tensor:
-        out = loss(z, yb)
-        if out.shape != (n_ex,):
-            raise ValueError(f"loss(z, y) must return the {n_ex} per-example losses, got shape {tuple(out.shape)}")
-        return out
-
-    if perturb == "activity":
-        if noise == "shared":
-            u = torch.randn(n_draws, 1, q, **kw).expand(n_draws, n_ex, q)
-        else:
-            u = torch.randn(n_draws, n_ex, q, **kw)
-
-        def act(xb: Tensor, yb: Tensor, t: Tensor) -> Tensor:
-            return torch.func.jvp(lambda z: per_example(z, yb), (xb @ w.T,), (t,))[1]
-
-        dd = torch.func.vmap(act)(xd, yd, u)  # (D, N): ∇_z ℓ_k · u_k
-        return torch.einsum("dk,dkq,dkp->dqp", dd, u, xd) / n_ex
-    if noise == "shared":
-        v = torch.randn(n_draws, q, p, **kw)
-
-        def shared(xb: Tensor, yb: Tensor, t: Tensor) -> Tensor:
-            return torch.func.jvp(lambda m: per_example(xb @ m.T, yb).mean(), (w,), (t,))[1]
-
-        dd = torch.func.vmap(shared)(xd, yd, v)  # (D,): ∇_W L · Ẇ
-        return dd[:, None, None] * v
-    # per-example weight noise: example k sees its own copy W_k of the weights and tangent Ẇ_k
-    v = torch.randn(n_draws, n_ex, q, p, **kw)
-    stacked = w.expand(n_ex, q, p).clone()
-
-    def separate(xb: Tensor, yb: Tensor, t: Tensor) -> Tensor:
-        return torch.func.jvp(lambda ws: per_example(torch.einsum("kqp,kp->kq", ws, xb), yb), (stacked,), (t,))[1]
-
-    dd = torch.func.vmap(separate)(xd, yd, v)  # (D, N): ∇_W ℓ_k · Ẇ_k
-    return torch.einsum("dk,dkqp->dqp", dd, v) / n_ex
-
-
-def _quadratic_coeffs(sampler: str, directions: int | None) -> tuple[float, float]:
-    """(c, b) with E[ĝ_i²] = c g_i² + b ‖g‖² for the mean of K forward gradients (exact: K=None)."""
-    if directions is None:
-        return 1.0, 0.0
-    if not isinstance(directions, int) or directions < 1:
-        raise ValueError(f"directions must be a positive int or None (true gradient), got {directions!r}")
-    kappa = kurtosis(sampler)
-    return 1.0 + (kappa - 2.0) / directions, 1.0 / directions
-
-
-def _check_h(h: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
-    arr = np.asarray(h.detach().cpu() if isinstance(h, Tensor) else h, dtype=float).reshape(-1)
-    if arr.size == 0 or np.any(~np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError("the curvatures h must be a non-empty array of positive finite numbers")
-    return arr
-
-
-def quadratic_risk(
-    h: Sequence[float] | np.ndarray,
-    e0_sq: Sequence[float] | np.ndarray,
-    lr: float,
-    steps: int,
-    *,
-    sampler: str = "gaussian",
-    directions: int | None = 1,
-    stop_below: float | None = None,
-) -> np.ndarray:
-    """Exact expected loss of SGD with forward gradients on f(θ) = ½ Σ_i h_i (θ_i − θ*_i)².
-
-    With e = θ − θ*, ∇f = h ⊙ e and ĝ the mean of K forward gradients (∇f·v)v with i.i.d.
-    tangent entries of kurtosis κ, E[ĝ_i² | e] = c h_i² e_i² + (1/K) Σ_j h_j² e_j² with
-    c = 1 + (κ − 2)/K, so σ_i = E[e_i²] follows the linear recursion
-
-        σ_i ← (1 − 2η h_i + c η² h_i²) σ_i + (η²/K) Σ_j h_j² σ_j.
-
-    ``directions=None`` is gradient descent with the true gradient (c = 1, no second term).
-    Gaussian tangents are rotation invariant, so this covers every quadratic with Hessian
-    eigenvalues h. Returns E f(θ_t) for t = 0 … ``steps`` (length ``steps + 1``), or only up to
-    the first t with E f(θ_t) <= ``stop_below`` if that comes earlier.
-    """
-    hv = _check_h(h)
-    s = np.broadcast_to(np.asarray(e0_sq, dtype=float), hv.shape).copy()
-    if lr <= 0 or steps < 0:
-        raise ValueError(f"need lr > 0 and steps >= 0, got lr={lr}, steps={steps}")
-    c, b = _quadratic_coeffs(sampler, directions)
-    a = 1.0 - 2.0 * lr * hv + c * lr * lr * hv * hv
-    h2 = hv * hv
-    out = np.empty(steps + 1)
-    out[0] = 0.5 * float(hv @ s)
-    for t in range(1, steps + 1):
-        s = a * s + (b * lr * lr * float(h2 @ s))
-        out[t] = 0.5 * float(hv @ s)
-        if stop_below is not None and out[t] <= stop_below:
-            return out[: t + 1]
-    return out
-
-
-def _mean_square_stable(hv: np.ndarray, lr: float, c: float, b: float) -> bool:
-    # σ ← (D + 1 wᵀ) σ with D = diag(d), d_i = 1 − 2ηh_i + cη²h_i², w = bη²h². It is similar to the
-    # symmetric D + r rᵀ with r = √w, whose eigenvalues interlace with d: stable iff all lie in (−1, 1).
-    d = 1.0 - 2.0 * lr * hv + c * lr * lr * hv * hv
-    w = b * lr * lr * hv * hv
-    if np.any(d >= 1.0):
-        return False
-    if b > 0 and float(np.sum(w / (1.0 - d))) >= 1.0:  # largest eigenvalue >= 1
-        return False
-    below = d < -1.0
-    at = d == -1.0
-    if not np.any(below | at):
-        return True
-    if np.sum(below | at) > 1 or b == 0:  # a positive rank-one update lifts at most one eigenvalue
-        return False
-    if np.any(at):  # D + I + r rᵀ with one zero diagonal entry j: positive definite iff r_j > 0
-        return bool(np.all(w[at] > 0))
-    # exactly one d_j < −1: D + I + r rᵀ is positive definite iff 1 + Σ w_i/(d_i + 1) < 0
-    return 1.0 + float(np.sum(w / (d + 1.0))) < 0.0
-
-
-def max_stable_lr(
-    h: Sequence[float] | np.ndarray,
-    *,
-    sampler: str = "gaussian",
-    directions: int | None = 1,
-    rtol: float = 1e-6,
-) -> float:
-    """The largest learning rate for which :func:`quadratic_risk` does not grow (mean-square
-    stability), found by bisection on the exact criterion.
-
-    For Gaussian tangents and K directions the criterion is ηh_i < 2/c for all i and
-    Σ_i η h_i / (K (2 − c η h_i)) < 1 with c = 1 + 1/K; for one direction and h = 1 (an isotropic
-    quadratic in R^n) that is η < 2/(n + 2), against η < 2 for gradient descent.
-    """
-    hv = _check_h(h)
-    c, b = _quadratic_coeffs(sampler, directions)
-    lo, hi = 0.0, 4.0 / float(hv.max())
-    if _mean_square_stable(hv, hi, c, b):
-        raise ValueError("no instability below 4/max(h); this sampler/direction count is not covered")
-    while hi - lo > rtol * hi:
-        mid = 0.5 * (lo + hi)
-        if _mean_square_stable(hv, mid, c, b):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def simulate_quadratic(
-    h: Tensor,
-    e0: Tensor,
-    lr: float,
-    steps: int,
-    *,
-    sampler: str = "gaussian",
-    directions: int | None = 1,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Run SGD with forward gradients on f(θ) = ½ Σ h_i e_i² for a batch of independent runs.
-
-    ``e0`` (runs × n) holds the starting errors e = θ − θ*; each step draws K tangents per run and
-    steps by −η ĝ with ĝ = mean_k (∇f·v_k) v_k, ∇f = h ⊙ e known in closed form (so no autodiff
-    is needed; :func:`quadratic_risk` is the exact expectation of the result). Returns the loss
-    of every run after every step, shape (steps + 1, runs); a run that overflows stays ``inf``.
-    """
-    if e0.ndim != 2 or h.ndim != 1 or e0.shape[1] != h.shape[0]:
-        raise ValueError(f"need h of shape (n,) and e0 of shape (runs, n), got {tuple(h.shape)} and {tuple(e0.shape)}")
-    if lr <= 0 or steps < 0:
-        raise ValueError(f"need lr > 0 and steps >= 0, got lr={lr}, steps={steps}")
-    _quadratic_coeffs(sampler, directions)
-    runs, n = e0.shape
-    e = e0.clone()
-    out = torch.empty(steps + 1, runs, dtype=e.dtype)
-    out[0] = 0.5 * (h * e * e).sum(1)
-    for t in range(1, steps + 1):
-        g = h * e
-        if directions is None:
-            est = g
-        else:
-            shape = (runs, directions, n)
-            if sampler == "gaussian":
-                v = torch.randn(shape, generator=generator, dtype=e.dtype)
-            else:
-                v = torch.randint(0, 2, shape, generator=generator).to(e.dtype) * 2 - 1
-            est = ((g[:, None, :] * v).sum(2, keepdim=True) * v).mean(1)
-        e = e - lr * est
-        loss = 0.5 * (h * e * e).sum(1)
-        out[t] = torch.nan_to_num(loss, nan=math.inf)
-    return out
