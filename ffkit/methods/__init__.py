@@ -13,6 +13,11 @@ method                        what fills ``.grad``
                               layer by layer (memory of inference)
 :class:`SharedSeedForwardGradient`  data parallelism that all-reduces K scalars
 :class:`AllReduceGradient`    data parallelism that all-reduces the gradient
+:class:`LocalBackprop`        LG-BP: backprop of a LocalMixer's local losses
+:class:`WeightPerturbation`   FG-W on a LocalMixer (exact heads); ``LocalWeightPerturbation``
+                              is LG-FG-W
+:class:`ActivityPerturbation`  FG-A: tangents on the activities, weight gradients by local
+                              outer products; ``LocalActivityPerturbation`` is LG-FG-A
 ============================  ==========================================================
 
 Methods are registered by name (:func:`create`, :func:`names`); new ones subclass
@@ -37,9 +42,17 @@ from ffkit.methods.base import (
 )
 from ffkit.methods.forward_gradient import ForwardGradient, forward_gradient
 from ffkit.methods.lean import LeanForwardGradient, lean_forward_gradient_step, plain_forward_gradient_step
+from ffkit.methods.local import (
+    ActivityPerturbation,
+    LocalActivityPerturbation,
+    LocalBackprop,
+    LocalWeightPerturbation,
+    WeightPerturbation,
+)
 from ffkit.methods.shared_seed import AllReduceGradient, SharedSeedForwardGradient
 
 __all__ = [
+    "ActivityPerturbation",
     "AllReduceGradient",
     "Backprop",
     "Batch",
@@ -47,11 +60,15 @@ __all__ = [
     "ForwardGradient",
     "GradFn",
     "LeanForwardGradient",
+    "LocalActivityPerturbation",
+    "LocalBackprop",
+    "LocalWeightPerturbation",
     "LossFn",
     "LossMethod",
     "Method",
     "SharedSeedForwardGradient",
     "StepResult",
+    "WeightPerturbation",
     "backprop_grad",
     "create",
     "forward_gradient",
