@@ -56,6 +56,8 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ffkit.tangents import LowRank
+
 __all__ = [
     "DenseLinear",
     "GroupLinear",
@@ -200,8 +202,11 @@ class DenseLinear(nn.Linear):
         """ż = W ḣ: the output tangent caused by an input tangent (weights fixed)."""
         return F.linear(dh, self.weight)
 
-    def weight_tangent(self, h: Tensor, dw: Tensor, db: Tensor) -> Tensor:
-        """ż = Ẇ h + ċ: the output tangent caused by a weight tangent (input fixed)."""
+    def weight_tangent(self, h: Tensor, dw: Tensor | LowRank, db: Tensor) -> Tensor:
+        """ż = Ẇ h + ċ: the output tangent caused by a weight tangent (input fixed); a low-rank
+        Ẇ = A Bᵀ/√r costs r (C_in + C_out) per token instead of C_in C_out."""
+        if isinstance(dw, LowRank):
+            return dw.apply(h).add_(db)
         return F.linear(h, dw, db)
 
     def param_grads(self, h: Tensor, grad_z: Tensor) -> tuple[Tensor, Tensor]:
@@ -294,8 +299,10 @@ class TokenLinear(nn.Module):
         """ż = W ḣ (mixing the tangent's tokens)."""
         return torch.matmul(self.weight, dh)
 
-    def weight_tangent(self, h: Tensor, dw: Tensor, db: Tensor) -> Tensor:
-        """ż = Ẇ h + ċ."""
+    def weight_tangent(self, h: Tensor, dw: Tensor | LowRank, db: Tensor) -> Tensor:
+        """ż = Ẇ h + ċ (a low-rank Ẇ = A Bᵀ/√r as A (Bᵀ h)/√r)."""
+        if isinstance(dw, LowRank):
+            return torch.matmul(dw.left, torch.matmul(dw.right.T, h)).div_(dw.rank**0.5).add_(db[:, None])
         return torch.matmul(dw, h) + db[:, None]
 
     def param_grads(self, h: Tensor, grad_z: Tensor) -> tuple[Tensor, Tensor]:
@@ -347,6 +354,9 @@ class Trace:
             stop-gradient of local losses; in forward mode the tangent is dropped).
         tangents: a tangent source ``tangents(shape) -> Tensor``: each unit adds a tangent drawn
             from it after its post-norm (activity perturbation) and records a :class:`Site`.
+        additive: add the drawn tensors to the activities as they are, instead of as forward-mode
+            tangents (zeros that require grad then give, by autograd, the losses' gradients with
+            respect to the activities).
 
     After the pass, ``blocks`` holds every block's output (B, P, C) (dual numbers under
     :mod:`torch.autograd.forward_ad`), ``block_tangents`` their tangents when the pass ran with
@@ -355,6 +365,7 @@ class Trace:
 
     local: bool = False
     tangents: Callable[[torch.Size], Tensor] | None = None
+    additive: bool = False
     blocks: list[Tensor] = field(default_factory=list)
     block_tangents: list[Tensor | None] = field(default_factory=list)
     sites: list[Site] = field(default_factory=list)
@@ -369,8 +380,8 @@ def _cut(x: Tensor) -> Tensor:
     return _primal(x).detach()
 
 
-#: A weight tangent for one layer: (Ẇ, ċ) shaped like (weight, bias).
-WeightTangent = tuple[Tensor, Tensor]
+#: A weight tangent for one layer: (Ẇ, ċ) shaped like (weight, bias); Ẇ may be low-rank.
+WeightTangent = tuple["Tensor | LowRank", Tensor]
 
 
 class Unit(nn.Module):
@@ -398,9 +409,12 @@ class Unit(nn.Module):
         site = None
         if trace is not None and trace.tangents is not None:
             u = trace.tangents(y.shape)
-            primal, tangent = fwAD.unpack_dual(y)
-            y = fwAD.make_dual(primal, u if tangent is None else tangent + u)
-            site = Site(self, block, _primal(h), _primal(z), u)
+            if trace.additive:
+                y = y + u
+            else:
+                primal, tangent = fwAD.unpack_dual(y)
+                y = fwAD.make_dual(primal, u if tangent is None else tangent + u)
+            site = Site(self, block, _primal(h).detach(), _primal(z).detach(), u)
             trace.sites.append(site)
         if self.residual:
             if block_input is None:
@@ -408,7 +422,7 @@ class Unit(nn.Module):
             y = y + block_input
         out = F.relu(y)
         if site is not None:
-            site.mask = _primal(out) > 0
+            site.mask = _primal(out).detach() > 0
         return out
 
     def jvp(

@@ -6,10 +6,12 @@ epoch) to ``chapters/results/local_mnist.json``, merging with the runs already t
 the same architecture, algorithm, dataset, epochs and seed is replaced). The file is rewritten
 atomically after every run, so an interrupted experiment keeps what it finished. The learning
 rate is ``--lr``, or with ``--tune`` the best of ``--lr-grid`` after ``--tune-epochs`` epochs on
-a held-out part of the training set (the scores are stored too)::
+a held-out part of the training set (the scores are stored too; ``--tune-only`` stores them
+without training, ``--lr-from-tuning`` trains with the stored rates)::
 
     python -m ffkit local-mnist --arch M/1/16 --algorithm LG-FG-A --epochs 20 --seeds 0,1,2 --tune
-    python -m ffkit local-mnist --arch S/1/1,M/1/16 --algorithm all --epochs 20 --seeds 0,1,2 --tune
+    python -m ffkit local-mnist --arch S/1/1,M/1/16 --algorithm all --tune-only
+    python -m ffkit local-mnist --arch S/1/1,M/1/16 --algorithm all --epochs 30 --seeds 0,1,2 --lr-from-tuning
     python -m ffkit local-mnist --arch M/1/16 --algorithm BP --epochs 1 --device cuda --out /tmp/x.json
 """
 
@@ -72,6 +74,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lr-grid", default=DEFAULT_GRID)
     parser.add_argument("--tune-epochs", type=int, default=2)
     parser.add_argument("--tune-only", action="store_true", help="tune (and store the scores) without the full runs")
+    parser.add_argument("--lr-from-tuning", action="store_true",
+                        help="use the rate tuned earlier (stored in --out by --tune or --tune-only)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--directions", type=int, default=1, help="K tangents per step (forward-gradient algorithms)")
     parser.add_argument("--sampler", default="rademacher", choices=("rademacher", "gaussian"))
@@ -91,8 +95,8 @@ def main(argv: list[str]) -> int:
         parser.error("seeds must be >= 0 and learning rates positive")
     if args.tune_only:
         args.tune = True
-    if args.lr is not None and args.tune:
-        parser.error("give --lr or --tune, not both")
+    if sum([args.lr is not None, args.tune, args.lr_from_tuning]) > 1:
+        parser.error("give one of --lr, --tune (or --tune-only) and --lr-from-tuning")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here")
     for arch in archs:
@@ -109,7 +113,7 @@ def main(argv: list[str]) -> int:
     settings = {
         "dataset": args.dataset, "epochs": args.epochs, "batch": args.batch, "optimizer": "Adam",
         "schedule": "linear warm-up (1 epoch), cosine decay to 0", "directions": args.directions,
-        "sampler": args.sampler, "lr": args.lr, "tune": args.tune, "lr_grid": grid,
+        "sampler": args.sampler, "lr": args.lr, "tune": args.tune, "lr_from_tuning": args.lr_from_tuning, "lr_grid": grid,
         "tune_epochs": args.tune_epochs, "tune_validation": 5000, "device": args.device,
         "threads": args.threads, "limit": args.limit,
     }
@@ -126,15 +130,21 @@ def main(argv: list[str]) -> int:
     for arch in archs:
         for algorithm in algorithms:
             lr = args.lr if args.lr is not None else 1e-3
+            key = f"{arch} {algorithm} {args.dataset}"
+            if args.lr_from_tuning:
+                if key not in tuning:
+                    print(f"ffkit local-mnist: no tuned learning rate for {key} in {args.out}; run with --tune-only first",
+                          file=sys.stderr)
+                    return 2
+                lr = float(tuning[key]["lr"])
             if args.tune:
-                key = f"{arch} {algorithm} {args.dataset}"
                 start = time.perf_counter()
                 try:
                     lr, scores = tune_lr(arch, algorithm, grid, epochs=args.tune_epochs, dataset=args.dataset, **options)
                 except DivergenceError as err:
                     print(f"ffkit local-mnist: {arch} {algorithm}: {err}", file=sys.stderr)
                     return 1
-                tuning[key] = {"grid": grid, "epochs": args.tune_epochs,
+                tuning[key] = {"command": command, "grid": grid, "epochs": args.tune_epochs,
                                "validation_error": [None if not math.isfinite(scores[r]) else scores[r] for r in grid],
                                "lr": lr, "seconds": round(time.perf_counter() - start, 1)}
                 print(f"{arch:7s} {algorithm:8s} tuned lr {lr:g}: validation errors "

@@ -18,6 +18,9 @@ method                        what fills ``.grad``
                               is LG-FG-W
 :class:`ActivityPerturbation`  FG-A: tangents on the activities, weight gradients by local
                               outer products; ``LocalActivityPerturbation`` is LG-FG-A
+:class:`LowRankForwardGradient`  FG-W of an MLP with rank-r weight tangents, the forward pass
+                              written out
+:class:`GuessedForwardGradient`  the projection of ∇L onto a guess (a local loss's gradient)
 ============================  ==========================================================
 
 Methods are registered by name (:func:`create`, :func:`names`); new ones subclass
@@ -41,6 +44,7 @@ from ffkit.methods.base import (
     register,
 )
 from ffkit.methods.forward_gradient import ForwardGradient, forward_gradient
+from ffkit.methods.guess import GuessedForwardGradient
 from ffkit.methods.lean import LeanForwardGradient, lean_forward_gradient_step, plain_forward_gradient_step
 from ffkit.methods.local import (
     ActivityPerturbation,
@@ -50,6 +54,7 @@ from ffkit.methods.local import (
     WeightPerturbation,
 )
 from ffkit.methods.shared_seed import AllReduceGradient, SharedSeedForwardGradient
+from ffkit.methods.structured import LowRankForwardGradient
 
 __all__ = [
     "ActivityPerturbation",
@@ -59,11 +64,13 @@ __all__ = [
     "DivergenceError",
     "ForwardGradient",
     "GradFn",
+    "GuessedForwardGradient",
     "LeanForwardGradient",
     "LocalActivityPerturbation",
     "LocalBackprop",
     "LocalWeightPerturbation",
     "LossFn",
+    "LowRankForwardGradient",
     "LossMethod",
     "Method",
     "SharedSeedForwardGradient",

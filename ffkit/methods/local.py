@@ -57,13 +57,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffkit import tangents as tg
-from ffkit.local_mixer import LocalMixer, Trace, layer_norm_jvp, layer_norm_vjp, tangent_forward
+from ffkit.local_mixer import GroupLinear, LocalMixer, Trace, layer_norm_jvp, layer_norm_vjp, tangent_forward
 from ffkit.methods.base import (
     Batch,
     DivergenceError,
@@ -85,6 +86,7 @@ __all__ = [
     "MixerLosses",
     "WeightPerturbation",
     "activity_gradient",
+    "activity_moments",
     "local_losses",
     "weight_gradient",
 ]
@@ -179,7 +181,7 @@ def _run(
     trace = Trace(local=local, tangents=tangents)
     with fwAD.dual_level():
         if weight_tangent:
-            duals = {name: fwAD.make_dual(p.detach(), v) for name, p, _, v in weight_tangent}
+            duals = {name: fwAD.make_dual(p.detach(), tg.materialize(v)) for name, p, _, v in weight_tangent}
             torch.func.functional_call(model, duals, (x,), {"trace": trace}, strict=False)
         else:
             model(x, trace=trace)
@@ -306,7 +308,7 @@ def weight_gradient(
     model: LocalMixer,
     x: Tensor,
     y: Tensor,
-    tangent: Sequence[Tensor],
+    tangent: Sequence[Tensor | tg.LowRank],
     *,
     local: bool,
     scale: float = 1.0,
@@ -317,7 +319,7 @@ def weight_gradient(
     blocks' ``.grad``; with ``fill_heads`` add the heads' exact gradients too. Returns the losses.
 
     ``tangent`` holds v for every trainable block parameter in ``named_parameters`` order (the
-    heads excluded). Globally g = (∇L·v) v; locally each entry of v is scaled by the summed
+    heads excluded); a weight matrix's v may be a :class:`~ffkit.tangents.LowRank`. Globally g = (∇L·v) v; locally each entry of v is scaled by the summed
     directional derivatives of the local losses it reaches (the layer's ``perturbation_scale``).
     """
     model = _mixer(model, weight_gradient)
@@ -344,8 +346,81 @@ def weight_gradient(
                     scales[id(layer)] = layer.perturbation_scale(dds[int(name.split(".")[1])])
                 w_scale, b_scale = scales[id(layer)]
                 factor = w_scale if p is layer.weight else b_scale
-            _add_grad(p, v * (factor * scale))
+            _add_grad(p, tg.materialize(v) * (factor * scale))
     return losses
+
+
+def activity_moments(model: LocalMixer, x: Tensor, y: Tensor, *, local: bool) -> dict[str, np.ndarray]:
+    """The per-loss ingredients of :func:`ffkit.theory.activity_variance` for (LG-)FG-A on a batch.
+
+    Returns ``grad_sq`` (‖G_j‖²), ``site_grad_sq`` (‖a_j‖²), ``fan`` (F_j) and ``weighted_fan``
+    (H_j), one entry per loss j: per example (global) or per (example, group) (local). a_j, the
+    gradient of L_j with respect to the perturbed activities, comes from autograd; ‖M_j e_i‖² is
+    (J²)_ii (‖h‖² + 1), with J the post-norm's Jacobian, (J²)_ii = σ⁻² (1 − 1/s − (2 − ‖ŷ‖²/s) ŷ_i²/s)
+    on a segment of s entries, and h the layer input that entry i's row multiplies (the bias adds
+    the 1). Implemented for one-block, one-patch LocalMixers (S/1/1, M/1/16), whose losses own
+    disjoint sets of activities and whose layers have no token mixing.
+    """
+    model = _mixer(model, activity_moments)
+    if model.tokens != 1 or model.config.blocks != 1:
+        raise ValueError("activity_moments is implemented for one-block, one-patch LocalMixers (S/1/1, M/1/16)")
+    perturb: list[Tensor] = []
+
+    def zeros(shape: torch.Size) -> Tensor:
+        t = torch.zeros(shape, dtype=x.dtype, device=x.device, requires_grad=True)
+        perturb.append(t)
+        return t
+
+    trace = Trace(local=local, tangents=zeros, additive=True)
+    with torch.enable_grad():
+        logits = model(x, trace=trace)
+        if local:
+            loss = sum(F.cross_entropy(model.block_logits(i, h), y) for i, h in enumerate(trace.blocks))
+        else:
+            loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, perturb)
+    groups, channels = model.groups, model.config.channels
+    size = channels // groups
+    shape = (len(x), groups) if local else (len(x),)
+    out = {k: torch.zeros(shape, dtype=torch.float64) for k in ("grad_sq", "site_grad_sq", "fan", "weighted_fan")}
+
+    def per_unit(t: Tensor) -> Tensor:  # (B, C) -> per loss
+        t = t.to(torch.float64)
+        return t.unflatten(-1, (groups, size)).sum(-1) if local else t.sum(-1)
+
+    with torch.no_grad():
+        for site, a in zip(trace.sites, grads):
+            a, h, z = a[:, 0], site.h[:, 0], site.z[:, 0]
+            assert site.mask is not None
+            mask = site.mask[:, 0]
+            s = site.unit.post
+            zs = z.unflatten(-1, (-1, s))
+            y_hat, _, rstd = torch.native_layer_norm(zs, (s,), None, None, 1e-5)
+            y_norm = y_hat.square().sum(-1, keepdim=True) / s
+            diag = (rstd.square() * (1 - 1 / s - (2 - y_norm) * y_hat.square() / s)).flatten(-2)  # (B, C)
+            if isinstance(site.unit.linear, GroupLinear):
+                x_sq = h.unflatten(-1, (groups, size)).square().sum(-1) + 1  # (B, G)
+                x_entry = x_sq.repeat_interleave(size, dim=-1)
+                back = layer_norm_vjp(z, a, s)  # per group: stays in its group
+                g_sq = back.square().unflatten(-1, (groups, size)).sum(-1) * x_sq
+                grad_sq = g_sq if local else g_sq.sum(-1)
+            else:
+                x_sq = h.square().sum(-1, keepdim=True) + 1  # (B, 1)
+                x_entry = x_sq.expand_as(a)
+                if local:  # the loss of group g owns a's entries of group g; the norm spreads them over C
+                    owned = a.unflatten(-1, (groups, size))
+                    embedded = torch.zeros(len(a), groups, groups, size, dtype=a.dtype, device=a.device)
+                    embedded[:, torch.arange(groups), torch.arange(groups)] = owned
+                    back = layer_norm_vjp(z[:, None].expand(-1, groups, -1), embedded.flatten(-2), s)
+                    grad_sq = back.square().sum(-1) * x_sq
+                else:
+                    grad_sq = layer_norm_vjp(z, a, s).square().sum(-1) * x_sq[:, 0]
+            weight = diag * x_entry
+            out["grad_sq"] += grad_sq.to(torch.float64)
+            out["site_grad_sq"] += per_unit(a.square())
+            out["fan"] += per_unit(weight * mask)
+            out["weighted_fan"] += per_unit(a.square() * weight)
+    return {k: v.numpy() for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- methods
@@ -444,14 +519,56 @@ class WeightPerturbation(_MixerMethod):
 
     (The generic :class:`~ffkit.methods.ForwardGradient` perturbs every parameter, heads
     included.)
+
+    Args:
+        directions, sampler, seed, engine: as for :class:`ActivityPerturbation`.
+        tangent: the tangent kind (:data:`ffkit.tangents.KINDS`): ``"iid"`` entries,
+            ``"orthogonal"`` (the K directions orthogonal to each other) or ``"low-rank"``
+            (every weight matrix gets a rank-``rank`` tangent).
+        rank: the rank of low-rank tangents.
     """
 
     name = "mixer-fg-w"
 
-    def _pass(self, model: LocalMixer, x: Tensor, y: Tensor, gen: torch.Generator, scale: float, first: bool) -> MixerLosses:
-        params = [p for _, p, _ in _backbone(model)]
-        tangent = tg.draw(params, self.distribution, gen)
-        return weight_gradient(model, x, y, tangent, local=self.local, scale=scale, fill_heads=first, engine=self.engine)
+    def __init__(
+        self,
+        directions: int = 1,
+        sampler: str | tg.Distribution = tg.DEFAULT,
+        *,
+        seed: int | None = None,
+        engine: str = "jvp",
+        tangent: str = "iid",
+        rank: int = 1,
+    ) -> None:
+        super().__init__(directions, sampler, seed=seed, engine=engine)
+        if tangent not in tg.KINDS:
+            raise ValueError(f"unknown tangent kind {tangent!r}; choose one of {', '.join(tg.KINDS)}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be an int >= 1, got {rank!r}")
+        self.tangent = tangent
+        self.rank = rank
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(directions={self.directions}, sampler={self.sampler!r}, "
+                f"tangent={self.tangent!r}, rank={self.rank}, seed={self.seed})")
+
+    def step(self, model: nn.Module, batch: Batch) -> StepResult:
+        model = _mixer(model, self)
+        x, y = inputs_targets(batch, self)
+        named = _backbone(model)
+        params = [p for _, p, _ in named]
+        matrices = [p is layer.weight and p.ndim == 2 for _, p, layer in named]
+        draws = tg.directions(params, self.directions, kind=self.tangent, distribution=self.distribution,
+                              seed=self.seed, step=self.t, rank=self.rank, matrices=matrices)
+        losses = None
+        for k, v in enumerate(draws):
+            result = weight_gradient(model, x, y, v, local=self.local, scale=1.0 / self.directions,
+                                     fill_heads=k == 0, engine=self.engine)
+            if k == 0:
+                losses = result
+        self.t += 1
+        assert losses is not None
+        return StepResult(check_finite(losses.total(self.local), "the training loss"), losses.details())
 
 
 @register("lg-fg-w")
