@@ -340,7 +340,7 @@ class Site:
     h: Tensor
     z: Tensor
     u: Tensor
-    mask: Tensor | None = None
+    mask: Tensor | None = None  # 1 where the ReLU is active, 0 elsewhere
     mean: Tensor | None = None
     rstd: Tensor | None = None
 
@@ -422,7 +422,7 @@ class Unit(nn.Module):
             y = y + block_input
         out = F.relu(y)
         if site is not None:
-            site.mask = _primal(out).detach() > 0
+            site.mask = (_primal(out).detach() > 0).to(out.dtype)
         return out
 
     def jvp(
@@ -454,10 +454,10 @@ class Unit(nn.Module):
             y = y + block_input
             if block_tangent is not None:
                 dy = block_tangent if dy is None else dy + block_tangent
-        mask = y > 0
+        mask = (y > 0).to(y.dtype)
         if site is not None:
             site.mask = mask
-        return torch.relu(y), (dy.mul_(mask) if dy is not None else None)
+        return y.mul(mask), (dy.mul_(mask) if dy is not None else None)
 
     def extra_repr(self) -> str:
         return f"pre_norm={self.pre}, post_norm={self.post}, residual={self.residual}, scope={self.scope!r}"

@@ -7,7 +7,7 @@ after every epoch, the final training error and the training time per epoch
 (:func:`train_run`). :func:`tune_lr` picks the learning rate of a grid by the error on a
 held-out part of the training set after a short run, never by the test set.
 
-Runs are identified by (arch, algorithm, dataset, epochs, seed) (:func:`run_key`) and merged into
+Runs are identified by (arch, algorithm, dataset, epochs, seed, directions) (:func:`run_key`) and merged into
 one list (:func:`merge_runs`), so that a long experiment can be run piece by piece;
 :func:`comparisons` pairs our mean test errors with Ren et al.'s Table 3 (:data:`PAPER_TABLE3`).
 """
@@ -251,9 +251,10 @@ def tune_lr(
     return best, scores
 
 
-def run_key(run: Mapping[str, Any]) -> tuple[str, str, str, int, int]:
-    """What identifies a run: (arch, algorithm, dataset, epochs, seed)."""
-    return (run["arch"], run["algorithm"], run["dataset"], int(run["epochs"]), int(run["seed"]))
+def run_key(run: Mapping[str, Any]) -> tuple[str, str, str, int, int, int]:
+    """What identifies a run: (arch, algorithm, dataset, epochs, seed, directions K)."""
+    return (run["arch"], run["algorithm"], run["dataset"], int(run["epochs"]), int(run["seed"]),
+            int(run.get("directions", 1)))
 
 
 def merge_runs(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -263,20 +264,21 @@ def merge_runs(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]
     for r in new:
         merged[run_key(r)] = dict(r)
     order = {a: i for i, a in enumerate(ALGORITHMS)}
-    return [merged[k] for k in sorted(merged, key=lambda k: (k[0], order.get(k[1], 99), k[2], k[3], k[4]))]
+    return [merged[k] for k in sorted(merged, key=lambda k: (k[0], order.get(k[1], 99), k[2], k[3], k[5], k[4]))]
 
 
 def summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (arch, algorithm, dataset, epochs): the seeds, the mean, spread (min, max) and
-    standard deviation of the test error, and the mean seconds per epoch."""
-    groups: dict[tuple[str, str, str, int], list[Mapping[str, Any]]] = {}
+    """One row per (arch, algorithm, dataset, epochs, directions): the seeds, the mean, spread
+    (min, max) and standard deviation of the test error, and the mean seconds per epoch."""
+    groups: dict[tuple[str, str, str, int, int], list[Mapping[str, Any]]] = {}
     for r in runs:
-        groups.setdefault(run_key(r)[:4], []).append(r)
+        k = run_key(r)
+        groups.setdefault((*k[:4], k[5]), []).append(r)
     rows = []
-    for (arch, algorithm, dataset, epochs), rs in groups.items():
+    for (arch, algorithm, dataset, epochs, directions), rs in groups.items():
         errs = [float(r["test_error"]) for r in rs]
         rows.append({
-            "arch": arch, "algorithm": algorithm, "dataset": dataset, "epochs": epochs,
+            "arch": arch, "algorithm": algorithm, "dataset": dataset, "epochs": epochs, "directions": directions,
             "seeds": sorted(int(r["seed"]) for r in rs),
             "test_error": statistics.fmean(errs),
             "test_error_min": min(errs),
@@ -290,11 +292,12 @@ def summary(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def comparisons(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """``comparisons`` entries for the results envelope: our mean MNIST test error next to Ren
-    et al.'s Table 3, per (arch, algorithm) that both have (the longest runs we have)."""
+    et al.'s Table 3, per (arch, algorithm) that both have (one tangent per step, the longest
+    runs we have)."""
     best: dict[tuple[str, str], Mapping[str, Any]] = {}
     for row in summary(runs):
         key = (row["arch"], row["algorithm"])
-        if row["dataset"] != "mnist" or key not in PAPER_TABLE3:
+        if row["dataset"] != "mnist" or key not in PAPER_TABLE3 or row["directions"] != 1:
             continue
         if key not in best or row["epochs"] > best[key]["epochs"]:
             best[key] = row

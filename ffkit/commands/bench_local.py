@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
         grid += [("mixer", {"arch": a, "batch": b}) for a, b in MIXER_GRID]
     if "estimators" in parts:
         out["estimators"] = []
-        grid += [("estimators", {"arch": "M/1/16", "batch": 128})]
+        grid += [("estimators", {"arch": "M/1/16", "batch": 64})]
     for part, point in grid:
         if part == "mlp":
             variants = mlp_variants(point["sizes"], point["batch"], seed=args.seed)

@@ -117,10 +117,11 @@ def _mixer(model: nn.Module, method: object) -> LocalMixer:
 
 
 def _add_grad(p: Tensor, g: Tensor) -> None:
+    """``p.grad += g``; ``g`` must be a fresh tensor (it becomes ``p.grad`` when that is None)."""
     if not p.requires_grad:
         return
     if p.grad is None:
-        p.grad = g.clone()
+        p.grad = g
     else:
         p.grad.add_(g)
 
@@ -290,8 +291,11 @@ def activity_gradient(
             grad_y = _weighted(site.u.mul_(site.mask), dd, site.unit.scope, g)
             grad_z = layer_norm_vjp(site.z, grad_y, site.unit.post, mean=site.mean, rstd=site.rstd)
             gw, gb = site.unit.linear.param_grads(site.h, grad_z)
-            _add_grad(site.unit.linear.weight, gw.mul_(scale))
-            _add_grad(site.unit.linear.bias, gb.mul_(scale))
+            if scale != 1.0:
+                gw.mul_(scale)
+                gb.mul_(scale)
+            _add_grad(site.unit.linear.weight, gw)
+            _add_grad(site.unit.linear.bias, gb)
     return losses
 
 
