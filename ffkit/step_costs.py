@@ -103,9 +103,12 @@ def mixer_variants(arch: str, batch: int, *, seed: int = 0, estimators: bool = F
     return {name: _step(model, m, data) for name, m in methods.items()}
 
 
-def time_steps(variants: Mapping[str, Step], *, rounds: int = 20, warmup: int = 3) -> dict[str, Timing]:
-    """Seconds per step of every variant, timed round-robin (:func:`ffkit.bench.interleaved`)."""
-    return interleaved(variants, rounds=rounds, warmup=warmup)
+def time_steps(
+    variants: Mapping[str, Step], *, rounds: int = 20, warmup: int = 3, min_seconds: float = 0.0
+) -> dict[str, Timing]:
+    """Seconds per step of every variant, timed round-robin (:func:`ffkit.bench.interleaved`);
+    each sample averages back-to-back steps over at least ``min_seconds``."""
+    return interleaved(variants, rounds=rounds, warmup=warmup, min_seconds=min_seconds)
 
 
 def ratios(timings: Mapping[str, Timing], baseline: str) -> dict[str, dict[str, float]]:

@@ -291,3 +291,24 @@ def test_fit_with_any_optimizer_lowers_the_losses() -> None:
         before = objective()
         fit(model, method, iter([(x, y)] * 40), torch.optim.Adam(model.parameters(), lr=0.01), steps=40)
         assert objective() < 0.7 * before
+
+
+def test_one_block_one_patch_one_group_local_and_global_methods_coincide() -> None:
+    """With one block, one patch and one group (S/1/1), the block head reads the final head's
+    features, so LG-BP, LG-FG-W and LG-FG-A train exactly like BP, FG-W and FG-A."""
+    cfg = MixerConfig(blocks=1, channels=8, patches=1, groups=1)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(16, 1, 4, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g))
+            for _ in range(6)]
+    pairs = [(Backprop(), LocalBackprop()),
+             (WeightPerturbation(seed=1), LocalWeightPerturbation(seed=1)),
+             (ActivityPerturbation(seed=1), LocalActivityPerturbation(seed=1))]
+    for global_method, local_method in pairs:
+        logits = []
+        for method in (global_method, local_method):
+            torch.manual_seed(0)
+            model = LocalMixer(cfg, (1, 4, 4), classes=3).double()
+            fit(model, method, iter(data), torch.optim.Adam(model.parameters(), lr=0.01), steps=len(data))
+            with torch.no_grad():
+                logits.append(model(data[0][0]))
+        torch.testing.assert_close(logits[0], logits[1], rtol=1e-9, atol=1e-9)

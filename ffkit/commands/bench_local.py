@@ -5,7 +5,7 @@ Every variant of a model and batch is timed round-robin in one process
 (LocalMixers), by median and by minimum over the rounds; the minimum is the better estimate of
 the work itself on a shared machine. Writes ``chapters/results/bench_local.json``::
 
-    python -m ffkit bench-local                          # the full grid, about 10 minutes
+    python -m ffkit bench-local                          # the full grid, about 20 minutes
     python -m ffkit bench-local --part mlp --rounds 30   # only the MLP grid
     python -m ffkit bench-local --part estimators        # the chapter's estimator table (M/1/16)
 """
@@ -32,6 +32,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--part", default="all", help=f"comma-separated subset of {', '.join(PARTS)} (or all)")
     parser.add_argument("--rounds", type=int, default=20, help="timed rounds per grid point")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=0.2,
+                        help="each timing sample averages back-to-back steps over at least this long")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -40,8 +42,8 @@ def main(argv: list[str]) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)} (or all)")
-    if args.rounds < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("--rounds and --threads must be >= 1, --warmup >= 0")
+    if args.rounds < 1 or args.warmup < 0 or args.threads < 1 or not args.min_seconds >= 0:
+        parser.error("--rounds and --threads must be >= 1, --warmup and --min-seconds >= 0")
     torch.set_num_threads(args.threads)
 
     stored = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {"results": {}}
@@ -66,7 +68,7 @@ def main(argv: list[str]) -> int:
             baselines = ["LG-BP", "BP"]
             label = f"LocalMixer {point['arch']}, batch {point['batch']}"
         print(f"{label} ({len(variants)} variants, {args.rounds} rounds)", file=sys.stderr, flush=True)
-        timings = time_steps(variants, rounds=args.rounds, warmup=args.warmup)
+        timings = time_steps(variants, rounds=args.rounds, warmup=args.warmup, min_seconds=args.min_seconds)
         print(label)
         print(ratio_table(timings, baselines[0], statistic="minimum"))
         print()
@@ -75,7 +77,8 @@ def main(argv: list[str]) -> int:
             "timings": {name: t.as_dict() for name, t in timings.items()},
             "ratios": {b: ratios(timings, b) for b in baselines},
         })
-    settings = {"rounds": args.rounds, "warmup": args.warmup, "threads": args.threads, "seed": args.seed,
+    settings = {"rounds": args.rounds, "warmup": args.warmup, "min_seconds": args.min_seconds,
+                "threads": args.threads, "seed": args.seed,
                 "mlp_grid": [[list(s), b] for s, b in MLP_GRID], "mixer_grid": [list(p) for p in MIXER_GRID]}
     envelope = results.envelope(command=results.command_line(argv, name="bench-local"), settings=settings, results=out)
     results.write(args.out, envelope)
