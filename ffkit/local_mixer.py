@@ -116,7 +116,7 @@ VARIANTS: dict[str, MixerConfig] = {
     "L/8/64": MixerConfig(blocks=4, channels=2048, patches=8, groups=64),
 }
 
-#: The parameter counts Ren et al. (2023) state for the variants (Section 5), with the input they
+#: The parameter counts Ren et al. (2023) give for the variants (Table 2), with the input they
 #: were trained on: ``name -> (count, (channels, height, width), classes)``.
 PAPER_PARAMETERS: dict[str, tuple[int, tuple[int, int, int], int]] = {
     "S/1/1": (272_000, (1, 28, 28), 10),
