@@ -374,23 +374,45 @@ def _relayout(fig: Figure) -> None:
 
 
 def fit_column(fig: Figure, max_px: float = COLUMN_PX) -> bool:
-    """Scale ``fig`` down, keeping its aspect ratio and its fonts, until its saved image (tight
-    bounding box) is at most ``max_px`` CSS pixels wide; True if it had to. Fonts keep their
-    size in points, so they stay readable at 1:1."""
-    changed = False
+    """Scale ``fig`` down, keeping its aspect ratio and its fonts, so that its saved image
+    (tight bounding box) is at most ``max_px`` CSS pixels wide; True if it did.
+
+    Fonts keep their size in points, so they stay readable at 1:1; the figure is laid out
+    again. If that cannot work (something of fixed size, such as a legend of five columns, is
+    wider than the column, or the axes would shrink to less than half their scaled size), the
+    figure is left as it was: it then has to be redrawn for the column.
+    """
+    renderer = _draw(fig)
+    pad = mpl.rcParams["savefig.pad_inches"]
+    width_px = (fig.get_tightbbox(renderer).width + 2 * pad) * fig.dpi
+    if width_px <= max_px + 0.5:
+        return False
+    size = fig.get_size_inches().copy()
+    positions = [ax.get_position() for ax in fig.axes]
+    boxes = [ax.get_window_extent(renderer) for ax in fig.axes]
+    factor = max_px / width_px
     for _ in range(3):  # a new layout changes the tight box a little: converge
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w * factor * 0.995, h * factor * 0.995)
+        _relayout(fig)
         renderer = _draw(fig)
-        bbox = fig.get_tightbbox(renderer)
-        pad = mpl.rcParams["savefig.pad_inches"]
-        width_px = (bbox.width + 2 * pad) * fig.dpi
+        width_px = (fig.get_tightbbox(renderer).width + 2 * pad) * fig.dpi
         if width_px <= max_px + 0.5:
             break
-        w, h = fig.get_size_inches()
-        factor = max_px / width_px * 0.995
-        fig.set_size_inches(w * factor, h * factor)
-        _relayout(fig)
-        changed = True
-    return changed
+        factor = max_px / width_px
+    scale = fig.get_size_inches()[0] / size[0]
+    shrunk = [ax.get_window_extent(renderer) for ax in fig.axes]
+    collapsed = any(
+        new.width < 0.5 * scale * old.width or new.height < 0.5 * scale * old.height
+        for old, new in zip(boxes, shrunk)
+        if old.width > 0 and old.height > 0
+    )
+    if width_px > max_px + 0.5 or collapsed:
+        fig.set_size_inches(size)
+        for ax, position in zip(fig.axes, positions):
+            ax.set_position(position)
+        return False
+    return True
 
 
 def _overlaps(boxes: Sequence[Bbox], along: str, pad: float) -> bool:

@@ -151,9 +151,10 @@ def test_relative_paths_are_found() -> None:
     assert [p.split(":")[0] for p in _book.relative_paths(nb)] == ["cell 1"]
 
 
-def test_a_notebook_alone_in_an_empty_folder_finds_the_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_notebook_alone_in_an_empty_folder_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run a notebook that starts with the standard first cell from a folder holding nothing
-    else: ffkit imports and every committed results file is found by name."""
+    else: ffkit imports, every committed results file is found by name, and a figure comes out
+    drawn for the column."""
     folder = ROOT / "chapters" / "results"
     files = sorted(folder.glob("*.json"))
     assert files, "no committed results files"
@@ -166,7 +167,8 @@ def test_a_notebook_alone_in_an_empty_folder_finds_the_results(tmp_path: Path, m
         "print(json.dumps({'cwd': __import__('os').getcwd(), 'found': sorted(found), 'loaded': sorted(loaded),\n"
         "                  'same': all(found[n] == loaded[n] for n in loaded)}))\n"
     )
-    nb = _notebook([_book.FIRST_CELL + "\nffkit.setup()\n", probe])
+    figure = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(figsize=(12, 4))\nax.plot([0, 1], label='a')\nax.legend();"
+    nb = _notebook([_book.FIRST_CELL + "\nffkit.setup()\n", probe, figure])
     path = tmp_path / "alone.ipynb"
     nbformat.write(nb, path)
     assert sorted(os.listdir(tmp_path)) == ["alone.ipynb"]
@@ -179,3 +181,7 @@ def test_a_notebook_alone_in_an_empty_folder_finds_the_results(tmp_path: Path, m
     assert report["found"] == sorted(p.stem for p in files)
     assert report["loaded"] == sorted(envelopes) and report["same"]
     assert nb.cells[0].outputs == []  # ffkit was importable: nothing installed, nothing printed
+    # ffkit.setup() made inline figures column-wide and 2x
+    images = [o for o in nb.cells[2].outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1 and images[0]["metadata"]["image/png"]["width"] <= _book.COLUMN_PX
+    assert _book.figure_problems(nb) == []
