@@ -111,7 +111,9 @@ async () => {
   for (const img of article.querySelectorAll('.cell_output img, .output img')) {
     if (!visible(img) || img.naturalWidth === 0) continue;
     const shown = img.getBoundingClientRect().width;
-    const meant = parseFloat(img.getAttribute('width')) || img.naturalWidth;
+    // the size at 1:1: the notebook's output metadata become an inline style (or a width attribute)
+    const styled = img.style.width.endsWith('px') ? parseFloat(img.style.width) : 0;
+    const meant = styled || parseFloat(img.getAttribute('width')) || img.naturalWidth;
     out.figures.push({src: (img.getAttribute('src') || '').split('/').pop(), shown: shown, meant: meant,
                       natural: img.naturalWidth});
   }
