@@ -33,17 +33,16 @@ MIN_PIXEL_RATIO = 1.9
 HIDDEN_INPUT_TAGS = frozenset({"hide-input", "remove-input", "hide-cell", "remove-cell"})
 #: Cell tags that remove a cell's output from the book.
 HIDDEN_OUTPUT_TAGS = frozenset({"remove-output", "remove-cell", "hide-output", "hide-cell"})
-#: pip's name for ffkit straight from the book's repository.
-INSTALL_SPEC = f"ffkit @ git+https://github.com/{REPOSITORY}"
-
 #: The first lines of every chapter's first code cell. Where ffkit is importable (a clone with
 #: the requirements installed, Binder) they only import it; where it is not (Colab, a notebook
-#: downloaded alone) they install it first. Further imports and ``ffkit.setup()`` follow.
+#: downloaded alone) they install it from the book's repository first (IPython expands
+#: ``$repo``). Further imports and ``ffkit.setup()`` follow. Every line fits the column.
 FIRST_CELL = f"""\
-try:  # on Colab, or wherever ffkit is missing, install it first
+try:  # ffkit is there where the book is built and on Binder
     import ffkit
-except ImportError:
-    %pip install --quiet "{INSTALL_SPEC}"
+except ImportError:  # on Colab, or in a notebook opened alone
+    repo = "{REPOSITORY}"
+    %pip install --quiet git+https://github.com/$repo
     import ffkit
 """
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -136,11 +137,14 @@ def test_first_cell_is_ipython_that_installs_from_the_repository() -> None:
 
     python = TransformerManager().transform_cell(_book.FIRST_CELL)
     compile(python, "<first cell>", "exec")
-    assert "run_line_magic('pip'" in python
+    assert "run_line_magic('pip', 'install --quiet git+https://github.com/$repo')" in python
     repository = ffresults.REPOSITORY
     config = (ROOT / "_config.yml").read_text(encoding="utf-8")
     assert f"github.com/{repository}" in config  # the book's launch buttons point where pip installs from
-    assert f"git+https://github.com/{repository}" in _book.FIRST_CELL
+    namespace: dict = {}
+    exec(_book.FIRST_CELL.split("except ImportError:")[1].splitlines()[1].strip(), namespace)
+    assert namespace["repo"] == repository
+    assert all(_book.display_width(line) <= _book.COLUMN_CHARS for line in _book.FIRST_CELL.splitlines())
     good = _notebook([_book.FIRST_CELL + "\nffkit.setup()\n"])
     assert _book.first_cell_problems(good) == []
     assert len(_book.first_cell_problems(_notebook(["import ffkit\nffkit.setup()"]))) == 1
@@ -185,3 +189,24 @@ def test_a_notebook_alone_in_an_empty_folder_runs(tmp_path: Path, monkeypatch: p
     images = [o for o in nb.cells[2].outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1 and images[0]["metadata"]["image/png"]["width"] <= _book.COLUMN_PX
     assert _book.figure_problems(nb) == []
+
+
+def test_notebooks_check_command_reports_problems(tmp_path: Path) -> None:
+    import subprocess
+
+    good = tmp_path / "good.ipynb"
+    nbformat.write(_notebook([_book.FIRST_CELL + "\nffkit.setup()\n"]), good)
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(_notebook(["import ffkit\nx = " + "1 + " * 30 + "1"]), bad)
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ffkit", "notebooks", "--check", str(path)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )
+
+    ok = run(good)
+    assert ok.returncode == 0 and "no problems" in ok.stdout
+    failed = run(bad)
+    assert failed.returncode == 1
+    assert "first cell" in failed.stdout and "too wide: cell 1 code line 2: 125 characters" in failed.stdout
