@@ -53,7 +53,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     plain = {k: v for k, v in ENVELOPE.items() if k != "comparisons"}
     (src / "chapters" / "results" / "plain.json").write_text(json.dumps(plain))
     (src / "chapters" / "results" / "old.json").write_text(json.dumps({"command": "python -m ffkit old", "machine": {"threads": 1}}))
-    (src / "chapters" / "uses.md").write_text('# Uses\n\n```python\nffkit.results.load("demo")\n```\n')
+    (src / "chapters" / "uses.md").write_text(
+        '# Uses\n\n{py:class}`ffkit.ForwardGradient` and {py:func}`ffkit.tangents.draw`.\n\n'
+        '```python\nffkit.results.load("demo")\n```\n'
+    )
     shutil.copy(ROOT / "references.bib", src / "references.bib")
     shutil.copy(ROOT / "reference" / "api.rst", src / "api.rst")
     shutil.copy(ROOT / "reference" / "results.rst", src / "results.rst")
@@ -100,6 +103,12 @@ def test_api_reference_documents_submodule_members(site: Path) -> None:
     for module_name, entries in api_page.plan("ffkit").modules:
         for member in entries:
             assert f"{module_name}.{member}" in ids, f"{module_name}.{member} missing"
+
+
+def test_chapters_link_to_the_api_reference(site: Path) -> None:
+    page = (site / "chapters" / "uses.html").read_text(encoding="utf-8")
+    assert 'href="../api.html#ffkit.ForwardGradient"' in page
+    assert 'href="../api.html#ffkit.tangents.draw"' in page
 
 
 def test_plan_puts_each_shared_object_in_one_home() -> None:
