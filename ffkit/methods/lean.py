@@ -284,7 +284,8 @@ def plain_forward_gradient_step(
         dots.append(float(dot))
     _finite(losses[0], dots)
     with torch.no_grad():
-        g = tg.combine(dots, vs)
+        # g in buffers of its own, as written plainly (not in v_1's): K + 1 model-sized buffers
+        g = tg.combine(dots, vs, out=[torch.zeros_like(p) for p in params])
         for p, gp in zip(params, g):
             p.sub_(gp, alpha=lr)
     return LeanStep(loss=losses[0], dots=torch.tensor(dots, dtype=torch.float64))
