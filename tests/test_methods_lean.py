@@ -198,6 +198,8 @@ def test_bad_input() -> None:
         LeanForwardGradient(lr=0.1, directions=0)
     with pytest.raises(TypeError, match="needs batches"):
         LeanForwardGradient(lr=0.1).step(model, x)
+    with pytest.raises(TypeError, match="loss must be callable"):
+        LeanForwardGradient(lr=0.1, loss="cross-entropy")  # type: ignore[arg-type]
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(DivergenceError):
         lean_forward_gradient_step(model, x, lambda out: out.sum() * float("nan"), lr=0.1, seed=0)

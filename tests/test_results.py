@@ -62,12 +62,17 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert json.loads(path.read_text())["results"] == {"y": 3} and os.listdir(path.parent) == ["demo.json"]
 
 
+def test_non_finite_numbers_are_written_as_null(tmp_path: Path) -> None:
+    path = results.write(tmp_path / "demo.json", _envelope(y=[1.0, math.nan], z={"a": math.inf}, w=(-math.inf,)))
+    assert json.loads(path.read_text())["results"] == {"y": [1.0, None], "z": {"a": None}, "w": [None]}
+
+
 def test_a_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "demo.json"
     results.write(path, _envelope())
     old = path.read_text()
-    with pytest.raises(ValueError):  # NaN is not JSON: refused before anything is written
-        results.write(path, _envelope(y=math.nan))
+    with pytest.raises(TypeError):  # not JSON: refused before anything is written
+        results.write(path, _envelope(y=object()))
     assert path.read_text() == old and os.listdir(tmp_path) == ["demo.json"]
 
     def broken_replace(src: str, dst: object) -> None:

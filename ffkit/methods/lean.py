@@ -321,6 +321,8 @@ class LeanForwardGradient(Method):
         seed: int | None = None,
         loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable as loss(output, target), got {type(loss).__name__}")
         self.lr = check_lr(lr)
         self.directions = check_directions(directions)
         self.distribution = tg.get(sampler)
