@@ -265,6 +265,8 @@ def combine(
     d = [float(x) for x in (dots.tolist() if isinstance(dots, Tensor) else dots)]
     if not d or len(d) != len(tangents):
         raise ValueError(f"combine needs one tangent per directional derivative, got {len(d)} and {len(tangents)}")
+    if directions is not None and (isinstance(directions, bool) or not isinstance(directions, int) or directions < 1):
+        raise ValueError(f"directions must be an int >= 1 (the number K of tangents), got {directions!r}")
     k = len(d) if directions is None else directions
     scale = alpha / k
     if out is None:

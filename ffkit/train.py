@@ -206,7 +206,8 @@ def fit(
         if any([bool(cb(info)) for cb in callbacks]):
             history.stopped_early = step < steps
             break
-    record_eval(step)
+    if not history.eval_step or history.eval_step[-1] != step:  # a run stopped at an evaluation step
+        record_eval(step)
     return history
 
 

@@ -194,3 +194,18 @@ def test_image_grid_fits_the_column() -> None:
     fig = plot.image_grid(torch.rand(16, 1, 5, 5), ncols=16)
     assert fig.get_size_inches()[0] <= plot.COLUMN_WIDTH + 1e-9
     plt.close(fig)
+
+
+def test_timeline_draws_a_schedule() -> None:
+    from ffkit.pipeline import schedule
+
+    tasks = schedule("backprop", [1.0, 1.0], [2.0, 2.0], [0.5, 0.5])
+    ax = plot.timeline(tasks, row_labels=["layer 1", "layer 2"])
+    assert len(ax.collections) == len(tasks)
+    assert ax.get_xlim()[1] >= 1e3 * max(t.start + t.duration for t in tasks)
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"forward", "backward", "update"}
+    with pytest.raises(ValueError, match="row_labels"):
+        plot.timeline(tasks, row_labels=["only one"])
+    with pytest.raises(ValueError, match="at least one"):
+        plot.timeline([])
+    plt.close("all")

@@ -284,7 +284,8 @@ def plain_forward_gradient_step(
         dots.append(float(dot))
     _finite(losses[0], dots)
     with torch.no_grad():
-        g = tg.combine(dots, vs)
+        # g in buffers of its own, as written plainly (not in v_1's): K + 1 model-sized buffers
+        g = tg.combine(dots, vs, out=[torch.zeros_like(p) for p in params])
         for p, gp in zip(params, g):
             p.sub_(gp, alpha=lr)
     return LeanStep(loss=losses[0], dots=torch.tensor(dots, dtype=torch.float64))
@@ -320,6 +321,8 @@ class LeanForwardGradient(Method):
         seed: int | None = None,
         loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable as loss(output, target), got {type(loss).__name__}")
         self.lr = check_lr(lr)
         self.directions = check_directions(directions)
         self.distribution = tg.get(sampler)
