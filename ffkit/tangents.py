@@ -232,6 +232,9 @@ def draw(
         return [dist.fill_(torch.empty_like(t), gen) for t in like]
     if len(out) != len(like):
         raise ValueError(f"out has {len(out)} buffers for {len(like)} tensors")
+    for i, (buf, t) in enumerate(zip(out, like)):
+        if buf.shape != t.shape:
+            raise ValueError(f"out[{i}] has shape {tuple(buf.shape)}, the tensor it stands for {tuple(t.shape)}")
     return [dist.fill_(buf, gen) for buf in out]
 
 

@@ -65,8 +65,8 @@ def test_two_processes_match_one_process(two_process_runs: list[dict], scheme: s
 def test_bytes_counted_are_k_or_n_scalars(two_process_runs: list[dict], scheme: str) -> None:
     n = count_parameters(mlp([6, 8, 3]))
     for dtype in workers.DTYPES:
-        # the plain step all-reduces the K numbers in the model's dtype, the lean one in float64
-        size = 8 if scheme == "shared-seed lean" else torch.empty((), dtype=dtype).element_size()
+        # both shared-seed steps all-reduce the K numbers in the model's dtype
+        size = torch.empty((), dtype=dtype).element_size()
         per_call = n if scheme == "all-reduce" else K
         for rank in (0, 1):
             stats = two_process_runs[rank][(scheme, str(dtype))][2]

@@ -241,8 +241,10 @@ def lean_forward_gradient_step(
     seed, step = check_seed(seed), check_step(step)
     _distinct(model)
     loss, dots = lean_directional_derivatives(model, inputs, loss_fn, sampler=dist, seed=seed, step=step, directions=k)
-    if reduce is not None:
-        reduce(dots)
+    if reduce is not None:  # averaged over workers in the parameters' dtype (4K bytes in float32)
+        shared = dots.to(next(model.parameters()).dtype)
+        reduce(shared)
+        dots = shared.to(torch.float64)
         _finite(loss, dots.tolist())
     apply_regenerated(model, dots, lr=lr, sampler=dist, seed=seed, step=step)
     return LeanStep(loss=loss, dots=dots)
