@@ -30,13 +30,16 @@ def _toy_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_train_run_records_held_out_metrics_at_the_schedule() -> None:
     train, test = _toy_data(256, 0), _toy_data(50, 1)
-    h = fg_mnist.train_run("logistic", "backprop", 0.1, 25, train, test, batch_size=32, eval_size=20, seed=0)
+    schedule = fg_mnist.eval_schedule(25)
+    h = fg_mnist.train_run("logistic", "backprop", 0.1, 25, train, test, batch_size=32, eval_size=20, seed=0,
+                           eval_steps=schedule)
     assert h["eval_step"] == fg_mnist.eval_schedule(25)
     assert len(h["eval"]["test_loss"]) == len(h["eval_step"]) == len(h["eval"]["test_accuracy"])
     assert set(h["final"]) == {"test_loss", "test_accuracy"}
     assert len(h["loss"]) == 25 and not h["diverged"]
     # the same seed gives the same run, evaluations included
-    again = fg_mnist.train_run("logistic", "backprop", 0.1, 25, train, test, batch_size=32, eval_size=20, seed=0)
+    again = fg_mnist.train_run("logistic", "backprop", 0.1, 25, train, test, batch_size=32, eval_size=20, seed=0,
+                               eval_steps=schedule)
     assert again["eval"] == h["eval"] and again["loss"] == h["loss"]
 
 
@@ -50,8 +53,8 @@ def test_layer_profile_reports_medians_quartiles_and_sweep_ratios() -> None:
     out = parallel.layer_profile(32, depth, 16, 2, 3)
     for key in ("full_batch", "microbatch"):
         for sampler in ("rademacher", "gaussian"):
-            medians = out[key][sampler]
-            quartiles = out[key + "_quartiles"][sampler]
+            medians = out["samplers"][sampler][key]
+            quartiles = out["samplers"][sampler][key + "_quartiles"]
             assert set(medians) == {"forward", "backward", "update", "forward+tangent", "update (regenerated)"}
             for piece, values in medians.items():
                 assert len(values) == depth
@@ -61,4 +64,5 @@ def test_layer_profile_reports_medians_quartiles_and_sweep_ratios() -> None:
             assert len(ratio["samples"]) == 3 and all(r > 0 for r in ratio["samples"])
             q1, med, q3 = ratio["quartiles"]
             assert q1 <= med <= q3
+    assert out["full_batch"] == out["samplers"]["rademacher"]["full_batch"] == out["full_batch_median"]
     assert set(out["whole_step_seconds"]) == {"inference", "backprop", "lean forward gradient"}

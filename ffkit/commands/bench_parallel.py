@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
               f"(and micro-batches of {args.batch // args.microbatches}), "
               f"medians of {args.repeats} runs (quartiles in the JSON), Rademacher tangents")
         layers_part = exp.layer_profile(args.width, args.depth, args.batch, args.microbatches, args.repeats)
-        full = layers_part["full_batch"]["rademacher"]
+        full = layers_part["full_batch"]
         print(f"{'layer':>5} " + " ".join(f"{k:>20}" for k in full))
         for i in range(args.depth):
             print(f"{i + 1:>5} " + " ".join(f"{full[k][i] * 1e3:>17.2f} ms" for k in full))
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         whole = layers_part["whole_step_seconds"]
         print(f"one worker: backprop step {end(bp) * 1e3:.1f} ms (measured whole step {whole['backprop'] * 1e3:.1f} ms), "
               f"forward-gradient step {end(fg) * 1e3:.1f} ms (measured {whole['lean forward gradient'] * 1e3:.1f} ms)")
-        micro = layers_part["microbatch"]["rademacher"]
+        micro = layers_part["microbatch"]
         kw = {"stages": args.workers, "workers": args.workers, "microbatches": args.microbatches}
         bp_p = schedule("backprop", micro["forward"], micro["backward"], micro["update"], **kw)
         fg_p = schedule("forward gradient", micro["forward+tangent"], None, micro["update (regenerated)"], **kw)

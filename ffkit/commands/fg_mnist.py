@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
         models, seeds, train, test, steps=args.steps, tune_steps=args.tune_steps, batch_size=args.batch,
         eval_every=args.eval_every, eval_size=args.eval_size,
         report=lambda line: print(line, file=sys.stderr, flush=True), show_progress=not args.no_progress,
+        dense=True,
     )
     settings = {
         "models": models, "seeds": seeds, "steps": args.steps, "tune_steps": args.tune_steps,

@@ -114,7 +114,8 @@ def train_run(
     test: tuple[Tensor, Tensor] | None = None,
     *,
     batch_size: int = 64,
-    eval_every: int = 100,
+    eval_every: int = 0,
+    eval_steps: Sequence[int] | None = None,
     eval_size: int = 2000,
     seed: int = 0,
     sampler: str = "gaussian",
@@ -123,10 +124,11 @@ def train_run(
     """One SGD run; returns the :class:`ffkit.train.History` as a dict (plus ``"diverged"``).
 
     With ``test`` given, ``eval_step``/``eval`` hold the loss and accuracy on the first
-    ``eval_size`` test examples after each step of :func:`eval_schedule` (``steps``,
-    ``eval_every``), and ``final`` those on the whole test set after the last step. The
-    initialisation (``seed``), the batch order (``seed``) and, for forward gradients, the
-    tangents (``seed``) are fixed, so a run is repeatable and both methods see the same data.
+    ``eval_size`` test examples after each step of ``eval_steps`` (e.g. :func:`eval_schedule`;
+    by default every ``eval_every`` steps, if > 0, and the last step), and ``final`` those on the
+    whole test set after the last step. The initialisation (``seed``), the batch order (``seed``)
+    and, for forward gradients, the tangents (``seed``) are fixed, so a run is repeatable and
+    both methods see the same data.
     """
     if model_name not in MODELS:
         raise ValueError(f"unknown model {model_name!r}; known: {', '.join(MODELS)}")
@@ -139,7 +141,9 @@ def train_run(
     extra = list(callbacks)
     if test is not None:
         subset = (test[0][:eval_size], test[1][:eval_size])
-        extra.append(_evaluator(model, subset, set(eval_schedule(steps, eval_every)), held_out))
+        if eval_steps is None:
+            eval_steps = [*range(eval_every, steps + 1, eval_every), steps] if eval_every > 0 else [steps]
+        extra.append(_evaluator(model, subset, set(eval_steps), held_out))
     try:
         history = fit(model, make_method(method, seed, sampler), data, optimizer, steps=steps, callbacks=extra).as_dict()
         history["diverged"] = False
@@ -192,13 +196,16 @@ def run(
     eval_size: int = 2000,
     report: Callable[[str], None] | None = None,
     show_progress: bool = False,
+    dense: bool = False,
 ) -> dict[str, dict[str, dict[str, dict[str, object]]]]:
     """Every (model, method, seed): tune the rate on :data:`LR_GRID`, then the full run.
 
     Returns ``runs[model][method][str(seed)]``, each a history dict (rounded losses and times)
     with the chosen ``lr`` and the ``tuning`` scores. A rate that survived the short tuning run
-    but diverges in the full run is replaced by the next smaller rate of the grid. With
-    ``show_progress``, each full run shows a tqdm bar on stderr (:func:`ffkit.train.progress`).
+    but diverges in the full run is replaced by the next smaller rate of the grid. The held-out
+    evaluations come every ``eval_every`` steps, or, with ``dense``, at the steps of
+    :func:`eval_schedule` (every step at first). With ``show_progress``, each full run shows a
+    tqdm bar on stderr (:func:`ffkit.train.progress`).
     """
     unknown = [m for m in models if m not in MODELS]
     if unknown or not models:
@@ -217,6 +224,7 @@ def run(
                     history = train_run(
                         model_name, method, lr, steps, train, test, batch_size=batch_size,
                         eval_every=eval_every, eval_size=eval_size, seed=seed, callbacks=bar,
+                        eval_steps=eval_schedule(steps, eval_every) if dense else None,
                     )
                     if not history.get("diverged"):
                         break

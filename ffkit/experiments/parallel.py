@@ -50,10 +50,11 @@ def layer_profile(
     forward and backward sweeps measured in the same repeat, so that a ratio compares work done
     under the same load; its quartiles are stored next to the samples.
 
-    Returns ``{"full_batch": {sampler: {piece: [median per layer]}}, "full_batch_quartiles":
-    {sampler: {piece: [[q1, median, q3] per layer]}}, "microbatch": ..., "microbatch_quartiles":
-    ..., "sweep_ratio": {...}, "whole_step_seconds": {method: median}, "whole_step_quartiles":
-    {method: [q1, median, q3]}}``.
+    Returns ``{"full_batch": {piece: [median per layer]}, "microbatch": ...}`` for the first
+    sampler (also under ``"full_batch_median"``, ``"microbatch_median"``), ``"samplers":
+    {sampler: {"full_batch": ..., "full_batch_quartiles": {piece: [[q1, median, q3] per
+    layer]}, "microbatch": ..., "microbatch_quartiles": ...}}``, ``"sweep_ratio"``,
+    ``"whole_step_seconds": {method: median}`` and ``"whole_step_quartiles"``.
     """
     model, x, y = problem(width, depth, batch)
     m = batch // microbatches
@@ -74,18 +75,20 @@ def layer_profile(
             for meth, t in seconds.items():
                 whole[meth].append(t)
     out: dict[str, object] = {}
+    by_sampler: dict[str, dict[str, object]] = {s: {} for s in samplers}
     ratios: dict[str, dict[str, dict[str, object]]] = {}
-    for key, by_sampler in runs.items():
-        out[key] = {}
-        out[key + "_quartiles"] = {}
+    for key, per_sampler in runs.items():
         ratios[key] = {}
-        for sampler, samples in by_sampler.items():
+        for sampler, samples in per_sampler.items():
             pieces = samples[0]
             q = {piece: [_quartiles([run[piece][i] for run in samples]) for i in range(depth)] for piece in pieces}
-            out[key + "_quartiles"][sampler] = q  # type: ignore[index]
-            out[key][sampler] = {piece: [v[1] for v in q[piece]] for piece in pieces}  # type: ignore[index]
+            by_sampler[sampler][key + "_quartiles"] = q
+            by_sampler[sampler][key] = {piece: [v[1] for v in q[piece]] for piece in pieces}
             per_repeat = [sum(run["forward+tangent"]) / (sum(run["forward"]) + sum(run["backward"])) for run in samples]
             ratios[key][sampler] = {"samples": per_repeat, "quartiles": _quartiles(per_repeat)}
+        out[key] = by_sampler[samplers[0]][key]
+        out[key + "_median"] = by_sampler[samplers[0]][key]
+    out["samplers"] = by_sampler
     out["sweep_ratio"] = ratios
     out["whole_step_seconds"] = {meth: statistics.median(ts) for meth, ts in whole.items()}
     out["whole_step_quartiles"] = {meth: _quartiles(ts) for meth, ts in whole.items()}
