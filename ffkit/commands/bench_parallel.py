@@ -31,19 +31,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--draws", type=int, default=40, help="least Monte Carlo draws per K for the variance (400/K if more)")
     parser.add_argument("--directions-threads", type=int, default=1,
                         help="torch threads for the directions benchmark (1: immune to waiting on a busy second core)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for the per-layer timings")
     parser.add_argument("--only", choices=("layers", "directions"), default=None,
                         help="run one part and update that part of an existing --output file")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeats < 1:
+        parser.error("--threads and --repeats must be >= 1")
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
 
     layers_part = None
     if args.only != "directions":
         print(f"per-layer timings: MLP width {args.width}, depth {args.depth}, batch {args.batch} "
               f"(and micro-batches of {args.batch // args.microbatches}), "
-              f"quietest of {args.repeats} runs (medians in the JSON)")
+              f"medians of {args.repeats} runs (quartiles in the JSON), Rademacher tangents")
         layers_part = exp.layer_profile(args.width, args.depth, args.batch, args.microbatches, args.repeats)
         full = layers_part["full_batch"]
         print(f"{'layer':>5} " + " ".join(f"{k:>20}" for k in full))
@@ -61,12 +64,16 @@ def main(argv: list[str]) -> int:
         fg_p = schedule("forward gradient", micro["forward+tangent"], None, micro["update (regenerated)"], **kw)
         print(f"pipeline of {args.workers} workers, {args.microbatches} micro-batches: backprop {end(bp_p) * 1e3:.1f} ms, "
               f"forward gradient {end(fg_p) * 1e3:.1f} ms")
+        for sampler, ratio in layers_part["sweep_ratio"]["full_batch"].items():
+            q1, med, q3 = ratio["quartiles"]
+            print(f"forward-mode sweep / backprop's forward and backward sweeps, {sampler}: "
+                  f"median {med:.2f} (quartiles {q1:.2f}-{q3:.2f})")
     directions_part = None
     if args.only != "layers":
         print("\nK directions at once: torch.func.vmap over the JVP versus a Python loop (MLP width 256, depth 3, batch 64)")
         torch.set_num_threads(args.directions_threads)
         directions_part = exp.directions_profile(256, 3, 64, ks, args.repeats, args.draws, report=print)
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
 
     settings = {**{k: v for k, v in vars(args).items() if k != "output"}, "ks": ks}
     data = {"layers": layers_part, "directions": directions_part}

@@ -27,7 +27,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="SGD steps of each full run")
     parser.add_argument("--tune-steps", type=int, default=150, help="steps of each tuning run")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=100, help="held-out evaluations every N steps after step 100")
+    parser.add_argument("--eval-size", type=int, default=2000, help="test images in the held-out evaluations")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", type=Path, default=Path("chapters/results/fg_mnist.json"))
     args = parser.parse_args(argv)
@@ -40,19 +42,23 @@ def main(argv: list[str]) -> int:
         parser.error(f"--models must name some of {', '.join(exp.MODELS)}")
     if not seeds or min(seeds) < 0:
         parser.error("--seeds needs at least one non-negative integer")
-    if args.steps < 1 or args.tune_steps < 1 or args.batch < 1 or args.eval_every < 0 or args.threads < 1:
-        parser.error("--steps, --tune-steps, --batch and --threads must be >= 1, --eval-every >= 0")
+    if args.steps < 1 or args.tune_steps < 1 or args.batch < 1 or args.eval_every < 1 or args.threads < 1 \
+            or args.eval_size < 1:
+        parser.error("--steps, --tune-steps, --batch, --eval-every, --eval-size and --threads must be >= 1")
     torch.set_num_threads(args.threads)
     train = load_dataset("mnist", "train", normalize=True)
     test = load_dataset("mnist", "test", normalize=True)
     started = time.perf_counter()
     runs = exp.run(
         models, seeds, train, test, steps=args.steps, tune_steps=args.tune_steps, batch_size=args.batch,
-        eval_every=args.eval_every, report=lambda line: print(line, file=sys.stderr, flush=True),
+        eval_every=args.eval_every, eval_size=args.eval_size,
+        report=lambda line: print(line, file=sys.stderr, flush=True), show_progress=not args.no_progress,
+        dense=True,
     )
     settings = {
         "models": models, "seeds": seeds, "steps": args.steps, "tune_steps": args.tune_steps,
-        "batch": args.batch, "eval_every": args.eval_every, "optimizer": "SGD (no momentum)",
+        "batch": args.batch, "eval_every": args.eval_every, "eval_size": args.eval_size,
+        "eval_steps": exp.eval_schedule(args.steps, args.eval_every), "optimizer": "SGD (no momentum)",
         "lr_grid": exp.LR_GRID, "tangents": "gaussian, K = 1",
     }
     total = round(time.perf_counter() - started, 1)

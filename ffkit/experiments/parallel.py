@@ -1,8 +1,8 @@
 """Per-layer step timings for the timeline figures, and K tangents batched with vmap against a loop.
 
-On a machine shared with other work the fastest runs estimate the cost of the work itself: the
-per-layer timings of :func:`layer_profile` are those of the quietest of ``repeats`` layer-by-layer
-steps (smallest total), the whole steps the fastest; the medians are stored next to them. The
+:func:`layer_profile` reports medians over ``repeats`` layer-by-layer steps with their quartiles,
+for Rademacher and Gaussian tangents, and the ratio of the forward-mode sweep to backprop's two
+sweeps repeat by repeat; :func:`directions_profile` the fastest and the median of its rounds. The
 command ``python -m ffkit bench-parallel`` runs both parts and writes
 ``chapters/results/bench_parallel.json`` for chapter 4.
 """
@@ -23,34 +23,75 @@ from ffkit.theory import variance_factor
 __all__ = ["directions_profile", "layer_profile"]
 
 
-def layer_profile(width: int, depth: int, batch: int, microbatches: int, repeats: int) -> dict[str, object]:
+def _quartiles(values: list[float]) -> list[float]:
+    """Lower quartile, median and upper quartile of ``values``."""
+    if len(values) < 2:
+        return [values[0]] * 3
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], statistics.median(values), q[2]]
+
+
+def layer_profile(
+    width: int,
+    depth: int,
+    batch: int,
+    microbatches: int,
+    repeats: int,
+    *,
+    samplers: tuple[str, ...] = ("rademacher", "gaussian"),
+) -> dict[str, object]:
     """Per-layer timings of a backprop and a lean forward-gradient step, for the timelines.
 
-    Each repeat times the step layer by layer (full batch and one micro-batch) and then whole
-    steps, so that all of them see the same load; the per-layer timings kept are those of the
-    quietest repeat (smallest total), the whole-step times the fastest."""
+    Each repeat times the step layer by layer (:func:`ffkit.profile.layer_timings`, full batch and
+    one micro-batch of ``batch // microbatches``) once per tangent distribution of ``samplers``,
+    then whole steps, so that all of them see the same load. Reported per piece and layer: the
+    median over repeats and the quartiles. ``sweep_ratio[key][sampler]`` holds, per repeat, the
+    time of the forward-mode sweep with tangents (all layers) divided by the time of backprop's
+    forward and backward sweeps measured in the same repeat, so that a ratio compares work done
+    under the same load; its quartiles are stored next to the samples.
+
+    Returns ``{"full_batch": {piece: [median per layer]}, "microbatch": ...}`` for the first
+    sampler (also under ``"full_batch_median"``, ``"microbatch_median"``), ``"samplers":
+    {sampler: {"full_batch": ..., "full_batch_quartiles": {piece: [[q1, median, q3] per
+    layer]}, "microbatch": ..., "microbatch_quartiles": ...}}``, ``"sweep_ratio"``,
+    ``"whole_step_seconds": {method: median}`` and ``"whole_step_quartiles"``.
+    """
     model, x, y = problem(width, depth, batch)
     m = batch // microbatches
     runners = {meth: StepRunner(meth, *problem(width, depth, batch)) for meth in ("inference", "backprop", "lean forward gradient")}
-    runs: dict[str, list[dict[str, list[float]]]] = {"full_batch": [], "microbatch": []}
+    inputs = {"full_batch": (x, y), "microbatch": (x[:m], y[:m])}
+    runs: dict[str, dict[str, list[dict[str, list[float]]]]] = {key: {s: [] for s in samplers} for key in inputs}
     whole: dict[str, list[float]] = {meth: [] for meth in runners}
     for r in range(repeats + 1):  # the first repeat warms up and is dropped
-        full = layer_timings(model, x, lambda o: nn.functional.cross_entropy(o, y), repeats=1, seed=r)
-        micro = layer_timings(model, x[:m], lambda o: nn.functional.cross_entropy(o, y[:m]), repeats=1, seed=r)
+        for key, (xs, ys) in inputs.items():
+            for sampler in samplers:
+                timed = layer_timings(model, xs, lambda o, t=ys: nn.functional.cross_entropy(o, t), repeats=1,
+                                      seed=r, sampler=sampler)
+                if r:
+                    runs[key][sampler].append(timed)
         seconds = {meth: t.minimum for meth, t in bench.interleaved(
             {meth: runner.step for meth, runner in runners.items()}, rounds=1, warmup=1).items()}
         if r:
-            runs["full_batch"].append(full)
-            runs["microbatch"].append(micro)
             for meth, t in seconds.items():
                 whole[meth].append(t)
     out: dict[str, object] = {}
-    for key, samples in runs.items():
-        out[key] = min(samples, key=lambda run: sum(sum(v) for v in run.values()))
-        out[key + "_median"] = {
-            piece: [statistics.median(run[piece][i] for run in samples) for i in range(depth)] for piece in samples[0]
-        }
-    out["whole_step_seconds"] = {meth: min(ts) for meth, ts in whole.items()}
+    by_sampler: dict[str, dict[str, object]] = {s: {} for s in samplers}
+    ratios: dict[str, dict[str, dict[str, object]]] = {}
+    for key, per_sampler in runs.items():
+        ratios[key] = {}
+        for sampler, samples in per_sampler.items():
+            pieces = samples[0]
+            q = {piece: [_quartiles([run[piece][i] for run in samples]) for i in range(depth)] for piece in pieces}
+            by_sampler[sampler][key + "_quartiles"] = q
+            by_sampler[sampler][key] = {piece: [v[1] for v in q[piece]] for piece in pieces}
+            per_repeat = [sum(run["forward+tangent"]) / (sum(run["forward"]) + sum(run["backward"])) for run in samples]
+            ratios[key][sampler] = {"samples": per_repeat, "quartiles": _quartiles(per_repeat)}
+        out[key] = by_sampler[samplers[0]][key]
+        out[key + "_median"] = by_sampler[samplers[0]][key]
+    out["samplers"] = by_sampler
+    out["sweep_ratio"] = ratios
+    out["whole_step_seconds"] = {meth: statistics.median(ts) for meth, ts in whole.items()}
+    out["whole_step_quartiles"] = {meth: _quartiles(ts) for meth, ts in whole.items()}
     return out
 
 

@@ -265,8 +265,8 @@ def plain_forward_gradient_step(
 
     Draws the same tangents as :func:`lean_forward_gradient_step`, computes each ∇f·v_k with one
     forward-mode pass over the whole model (:func:`ffkit.autodiff.module_jvp`), forms
-    g = (1/K) Σ_k (∇f·v_k) v_k and subtracts η g. It holds K + 1 model-sized buffers at the moment
-    of the update; it is the reference the lean step is tested against and the "naive" row of the
+    g = (1/K) Σ_k (∇f·v_k) v_k in the buffers of v_1 and subtracts η g. It holds K model-sized
+    buffers at the moment of the update; it is the reference the lean step is tested against and the "naive" row of the
     memory benchmark. Works for any ``nn.Module``.
     """
     _check_inputs(inputs)
