@@ -220,7 +220,7 @@ def test_lean_step_keeps_the_memory_of_the_lean_forward_gradient(
     shared = got["shared-seed lean forward gradient"]
     assert shared.exact and shared.saved_bytes == 0
     assert shared.model_bytes == pytest.approx(model_bytes, rel=0.25)
-    assert got["forward gradient"].working_bytes >= 1.5 * model_bytes
+    assert got["forward gradient"].working_bytes >= 0.75 * model_bytes  # its one model-sized tangent
     assert shared.working_bytes < 0.5 * model_bytes
     assert got["lean forward gradient"].working_bytes < 0.5 * model_bytes
 

@@ -73,8 +73,9 @@ def test_every_step_runs_and_gradient_steps_change_the_model() -> None:
 
 
 def test_measured_step_is_sane(step_profiles: dict[str, Future], profile_shape: dict[str, int]) -> None:
-    """A fresh process (conftest): model bytes match the parameter count, the naive forward
-    gradient needs at least its two model-sized buffers (tangent and estimate), the lean one far less."""
+    """A fresh process (conftest): model bytes match the parameter count, the plain forward
+    gradient needs at least its model-sized tangent (scaled in place into the estimate), the
+    lean one far less."""
     model, x, _ = problem(**profile_shape)
     model_bytes = (count_parameters(model) + x.numel()) * F32
     got = {m: step_profiles[m].result() for m in ("forward gradient", "lean forward gradient")}
@@ -85,7 +86,7 @@ def test_measured_step_is_sane(step_profiles: dict[str, Future], profile_shape: 
         assert profile.model_bytes == pytest.approx(model_bytes, rel=0.25)
         assert profile.footprint_bytes >= profile.working_bytes
         assert profile.saved_bytes == 0
-    assert got["forward gradient"].working_bytes >= 1.5 * model_bytes
+    assert got["forward gradient"].working_bytes >= 0.75 * model_bytes  # its one model-sized tangent
     assert got["lean forward gradient"].working_bytes < 0.5 * model_bytes
 
 

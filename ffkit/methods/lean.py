@@ -265,9 +265,10 @@ def plain_forward_gradient_step(
 
     Draws the same tangents as :func:`lean_forward_gradient_step`, computes each ∇f·v_k with one
     forward-mode pass over the whole model (:func:`ffkit.autodiff.module_jvp`), forms
-    g = (1/K) Σ_k (∇f·v_k) v_k in the buffers of v_1 and subtracts η g. It holds K model-sized
-    buffers at the moment of the update; it is the reference the lean step is tested against and the "naive" row of the
-    memory benchmark. Works for any ``nn.Module``.
+    g = (1/K) Σ_k (∇f·v_k) v_k in the buffers of v_1 (scaled in place, as
+    :class:`~ffkit.methods.ForwardGradient` does) and subtracts η g. It holds K model-sized
+    buffers at the moment of the update (one for K = 1); it is the reference the lean step is
+    tested against and the "plain" row of the memory benchmark. Works for any ``nn.Module``.
     """
     _check_inputs(inputs)
     lr = check_lr(lr)
@@ -286,8 +287,7 @@ def plain_forward_gradient_step(
         dots.append(float(dot))
     _finite(losses[0], dots)
     with torch.no_grad():
-        # g in buffers of its own, as written plainly (not in v_1's): K + 1 model-sized buffers
-        g = tg.combine(dots, vs, out=[torch.zeros_like(p) for p in params])
+        g = tg.combine(dots, vs)  # v_1 scaled in place becomes g: K model-sized buffers in all
         for p, gp in zip(params, g):
             p.sub_(gp, alpha=lr)
     return LeanStep(loss=losses[0], dots=torch.tensor(dots, dtype=torch.float64))
