@@ -9,7 +9,8 @@ floor                     modules
 ========================  ===============================================================
 foundations               ``autodiff``, ``tangents``, ``data``, ``models``, ``theory``,
                           ``quadratic``, ``pipeline``, ``distributed``, ``bench``,
-                          ``results``, ``plot``, ``testfunctions``
+                          ``results``, ``plot``, ``testfunctions``, ``_setup``,
+                          ``_book`` (the notebooks' conventions)
 methods                   ``methods`` (backprop, forward gradients, lean, shared seed),
                           ``perturbation``
 training and measuring    ``train``, ``variance``, ``profile``, ``experiments``

@@ -4,24 +4,24 @@ Every method is a :class:`Method`: ``method.step(model, batch)`` fills the ``.gr
 trainable parameters from one batch and returns a :class:`StepResult` (the loss and whatever the
 method measures); :func:`ffkit.train.fit` drives any of them with any ``torch.optim`` optimizer.
 
-============================  ==========================================================
-method                        what fills ``.grad``
-============================  ==========================================================
-:class:`Backprop`             ``loss.backward()``: the exact gradient
-:class:`ForwardGradient`      (1/K) Σ_k (∇L·v_k) v_k from K forward-mode passes (FG-W)
-:class:`LeanForwardGradient`  the same SGD step applied in place, tangents regenerated
-                              layer by layer (memory of inference)
+==================================  ========================================================
+method                              what fills ``.grad``
+==================================  ========================================================
+:class:`Backprop`                   ``loss.backward()``: the exact gradient
+:class:`ForwardGradient`            (1/K) Σ_k (∇L·v_k) v_k from K forward-mode passes (FG-W)
+:class:`LeanForwardGradient`        the same SGD step applied in place, tangents regenerated
+                                    layer by layer (memory of inference)
 :class:`SharedSeedForwardGradient`  data parallelism that all-reduces K scalars
-:class:`AllReduceGradient`    data parallelism that all-reduces the gradient
-:class:`LocalBackprop`        LG-BP: backprop of a LocalMixer's local losses
-:class:`WeightPerturbation`   FG-W on a LocalMixer (exact heads); ``LocalWeightPerturbation``
-                              is LG-FG-W
-:class:`ActivityPerturbation`  FG-A: tangents on the activities, weight gradients by local
-                              outer products; ``LocalActivityPerturbation`` is LG-FG-A
-:class:`LowRankForwardGradient`  FG-W of an MLP with rank-r weight tangents, the forward pass
-                              written out
-:class:`GuessedForwardGradient`  the projection of ∇L onto a guess (a local loss's gradient)
-============================  ==========================================================
+:class:`AllReduceGradient`          data parallelism that all-reduces the gradient
+:class:`LocalBackprop`              LG-BP: backprop of a LocalMixer's local losses
+:class:`WeightPerturbation`         FG-W on a LocalMixer (exact heads); ``LocalWeightPerturbation``
+                                    is LG-FG-W
+:class:`ActivityPerturbation`       FG-A: tangents on the activities, weight gradients by local
+                                    outer products; ``LocalActivityPerturbation`` is LG-FG-A
+:class:`LowRankForwardGradient`     FG-W of an MLP with rank-r weight tangents, the forward pass
+                                    written out
+:class:`GuessedForwardGradient`     the projection of ∇L onto a guess (a local loss's gradient)
+==================================  ========================================================
 
 Methods are registered by name (:func:`create`, :func:`names`); new ones subclass
 :class:`Method` (or :class:`LossMethod` for a single global loss) and register with
