@@ -21,7 +21,7 @@ import torch
 
 from ffkit import results
 from ffkit.bench import ratio_table
-from ffkit.step_costs import MIXER_GRID, MLP_GRID, mixer_variants, mlp_variants, ratios, time_steps
+from ffkit.experiments.step_costs import MIXER_GRID, MLP_GRID, mixer_variants, mlp_variants, ratios, time_steps
 
 DEFAULT_OUT = Path("chapters/results/bench_local.json")
 PARTS = ("mlp", "mixer", "estimators")

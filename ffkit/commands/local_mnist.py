@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ffkit import results
-from ffkit.local_runs import ALGORITHMS, LOCAL_DATASETS, comparisons, merge_runs, summary, train_run, tune_lr
+from ffkit.experiments.local_mnist import ALGORITHMS, LOCAL_DATASETS, comparisons, merge_runs, summary, train_run, tune_lr
 from ffkit.local_mixer import VARIANTS
 from ffkit.methods import DivergenceError
 

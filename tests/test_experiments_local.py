@@ -1,4 +1,4 @@
-"""Tests of ffkit.local_runs, ffkit.step_costs and the local-mnist and bench-local commands."""
+"""Tests of ffkit.experiments.local_mnist, ffkit.experiments.step_costs and the local-mnist and bench-local commands."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ffkit.local_runs import (
+from ffkit.experiments.local_mnist import (
     ALGORITHMS,
     PAPER_TABLE3,
     comparisons,
@@ -21,7 +21,7 @@ from ffkit.local_runs import (
     train_run,
 )
 from ffkit.methods import Backprop, LocalActivityPerturbation
-from ffkit.step_costs import mixer_variants, mlp_variants, ratios, time_steps
+from ffkit.experiments.step_costs import mixer_variants, mlp_variants, ratios, time_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
