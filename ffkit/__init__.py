@@ -9,10 +9,10 @@ floor                     modules
 ========================  ===============================================================
 foundations               ``autodiff``, ``tangents``, ``data``, ``models``, ``theory``,
                           ``quadratic``, ``pipeline``, ``distributed``, ``bench``,
-                          ``results``, ``plot``, ``testfunctions``, ``_setup``,
-                          ``_book`` (the notebooks' conventions)
-methods                   ``methods`` (backprop, forward gradients, lean, shared seed),
-                          ``perturbation``
+                          ``results``, ``plot``, ``testfunctions``, ``local_mixer``,
+                          ``_setup``, ``_book`` (the notebooks' conventions)
+methods                   ``methods`` (backprop, forward gradients, lean, shared seed,
+                          local losses, structured and guessed tangents), ``perturbation``
 training and measuring    ``train``, ``variance``, ``profile``, ``experiments``
 command line              ``commands`` (``python -m ffkit``)
 ========================  ===============================================================

@@ -1,6 +1,7 @@
 """The small models the book trains: logistic regression, MLPs and a small CNN.
 
 All take flattened or image-shaped MNIST-like input; ``in_features`` defaults to 28 x 28.
+Ren et al.'s LocalMixer lives in :mod:`ffkit.local_mixer` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -81,3 +82,6 @@ def reinitialize(model: nn.Module, seed: int) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """The number of trainable scalars, n in the book's notation."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+from ffkit.local_mixer import LocalMixer  # noqa: E402  (re-export; the module needs nothing from here)

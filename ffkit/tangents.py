@@ -24,6 +24,12 @@ draws the same v from the same seed:
   derivatives are known.
 * **one combination**: :func:`combine` forms g = (1/K) Σ_k d_k v_k from the K directional
   derivatives d_k = ∇f·v_k and their tangents.
+* **structured tangents** (:func:`directions`): K *orthogonal* directions (:func:`orthogonal`:
+  K Gaussian tangents orthonormalised together and scaled to length √n), and *low-rank* weight
+  tangents (:func:`draw_low_rank`): a matrix W (m × n) gets V = (1/√r) Σ_j a_j b_jᵀ, kept as its
+  factors (:class:`LowRank`), so drawing it costs r (m + n) numbers instead of m n. Both keep
+  E[v vᵀ] = I, so the forward gradient stays unbiased; their variances are in
+  :mod:`ffkit.theory`.
 
 A distribution named by a string is resolved once, at the public boundary (:func:`get`); inner
 loops receive the :class:`Distribution` itself.
@@ -39,13 +45,19 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT",
+    "KINDS",
     "Distribution",
+    "LowRank",
     "combine",
+    "directions",
     "draw",
+    "draw_low_rank",
     "generator",
     "get",
+    "materialize",
     "mix_seed",
     "names",
+    "orthogonal",
     "random_seed",
     "register",
     "stream",
@@ -284,3 +296,153 @@ def combine(
         for acc, v in zip(result, tangents[i]):
             acc.add_(v, alpha=d[i] * scale)
     return result
+
+
+# --------------------------------------------------------------------------- structured tangents
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """A matrix tangent of rank r kept as its factors: V = A Bᵀ / √r, A of shape (m, r), B (n, r).
+
+    With the entries of A and B independent, of mean 0 and variance 1, E[vec V vec Vᵀ] = I, so
+    (∇f·V) V is an unbiased gradient estimate. Forming W h + V h as W h + A (Bᵀ h)/√r costs
+    r (m + n) per input instead of m n, and drawing V costs r (m + n) random numbers.
+    """
+
+    left: Tensor
+    right: Tensor
+
+    def __post_init__(self) -> None:
+        if self.left.ndim != 2 or self.right.ndim != 2 or self.left.shape[1] != self.right.shape[1]:
+            raise ValueError(
+                f"LowRank needs factors of shapes (m, r) and (n, r), got {tuple(self.left.shape)} and {tuple(self.right.shape)}"
+            )
+
+    @property
+    def rank(self) -> int:
+        return int(self.left.shape[1])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.left.shape[0], self.right.shape[0]))
+
+    def materialize(self) -> Tensor:
+        """The m × n matrix V = A Bᵀ/√r."""
+        return (self.left @ self.right.T).div_(self.rank**0.5)
+
+    def apply(self, h: Tensor) -> Tensor:
+        """h Vᵀ for a batch of rows h (..., n): the output tangent of a linear layer, r (m + n) per row."""
+        return (h @ self.right) @ self.left.T.div(self.rank**0.5)
+
+
+def materialize(tangent: Tensor | LowRank) -> Tensor:
+    """A dense tensor for a tangent that may be a :class:`LowRank`."""
+    return tangent.materialize() if isinstance(tangent, LowRank) else tangent
+
+
+def draw_low_rank(
+    like: Sequence[Tensor],
+    rank: int,
+    distribution: str | Distribution,
+    gen: torch.Generator | None,
+    *,
+    matrices: Sequence[bool] | None = None,
+) -> list[Tensor | LowRank]:
+    """One tangent shaped like ``like``: every weight matrix (m × n) gets a :class:`LowRank` of
+    rank ``rank`` (A then B drawn from ``gen``), every other tensor a full draw.
+
+    ``matrices`` says which tensors are weight matrices (by default: the 2-D ones). Tensors are
+    drawn in the order of ``like``, so the seeding scheme (:func:`generator`) holds.
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be an int >= 1, got {rank!r}")
+    dist = get(distribution)
+    flags = [t.ndim == 2 for t in like] if matrices is None else list(matrices)
+    if len(flags) != len(like):
+        raise ValueError(f"matrices has {len(flags)} flags for {len(like)} tensors")
+    out: list[Tensor | LowRank] = []
+    for t, matrix in zip(like, flags):
+        if matrix:
+            if t.ndim != 2:
+                raise ValueError(f"a low-rank tangent needs a matrix, got a tensor of shape {tuple(t.shape)}")
+            a = dist.fill_(t.new_empty(t.shape[0], rank), gen)
+            b = dist.fill_(t.new_empty(t.shape[1], rank), gen)
+            out.append(LowRank(a, b))
+        else:
+            out.append(dist.fill_(torch.empty_like(t), gen))
+    return out
+
+
+def orthogonal(like: Sequence[Tensor], directions: int, seed: int, step: int) -> list[list[Tensor]]:
+    """K = ``directions`` orthogonal tangents of length √n, shaped like ``like`` (n entries in all).
+
+    Tangent k starts as the Gaussian tangent of :func:`generator` ``(seed, step, k)``; the K of
+    them, flattened, are orthonormalised together (QR, signs fixed so that the frame is uniformly
+    distributed) and scaled to length √n. Each v_k is then uniform on the sphere of radius √n,
+    so E[v_k v_kᵀ] = I, and g = (1/K) Σ_k (∇f·v_k) v_k = (n/K) Q Qᵀ ∇f is unbiased with total
+    variance (n/K − 1)‖∇f‖² (:func:`ffkit.theory.orthogonal_variance_factor`), against
+    (n + 1)/K ‖∇f‖² for K independent Gaussian tangents; K = n gives ∇f exactly.
+    """
+    if isinstance(directions, bool) or not isinstance(directions, int) or directions < 1:
+        raise ValueError(f"directions must be an int >= 1, got {directions!r}")
+    if not like:
+        raise ValueError("orthogonal needs at least one tensor")
+    n = sum(t.numel() for t in like)
+    if directions > n:
+        raise ValueError(f"{directions} orthogonal directions do not fit in {n} dimensions")
+    device = like[0].device
+    columns = []
+    for k in range(directions):
+        gen = generator(seed, step, k, device)
+        columns.append(torch.cat([_fill_gaussian_(torch.empty(t.numel(), dtype=torch.float64, device=device), gen) for t in like]))
+    q, r = torch.linalg.qr(torch.stack(columns, 1))
+    q = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+    q = q * n**0.5
+    out = []
+    for k in range(directions):
+        pieces, start = [], 0
+        for t in like:
+            pieces.append(q[start : start + t.numel(), k].reshape(t.shape).to(t.dtype))
+            start += t.numel()
+        out.append(pieces)
+    return out
+
+
+#: The tangent kinds of :func:`directions`.
+KINDS = ("iid", "orthogonal", "low-rank")
+
+
+def directions(
+    like: Sequence[Tensor],
+    count: int,
+    *,
+    kind: str = "iid",
+    distribution: str | Distribution = DEFAULT,
+    seed: int,
+    step: int,
+    rank: int = 1,
+    matrices: Sequence[bool] | None = None,
+) -> Iterator[list[Tensor | LowRank]]:
+    """The ``count`` = K tangents of one step, one at a time.
+
+    ``kind`` is ``"iid"`` (tangent k drawn from ``generator(seed, step, k)`` with ``distribution``),
+    ``"orthogonal"`` (:func:`orthogonal`; Gaussian-based whatever ``distribution`` is) or
+    ``"low-rank"`` (:func:`draw_low_rank` of rank ``rank`` from ``generator(seed, step, k)``,
+    for the tensors flagged by ``matrices``).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown tangent kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of directions must be an int >= 1, got {count!r}")
+    if kind == "orthogonal":
+        yield from orthogonal(like, count, seed, step)
+        return
+    dist = get(distribution)
+    device = like[0].device if like else "cpu"
+    for k in range(count):
+        gen = generator(seed, step, k, device)
+        if kind == "low-rank":
+            yield draw_low_rank(like, rank, dist, gen, matrices=matrices)
+        else:
+            yield draw(like, dist, gen)

@@ -13,5 +13,7 @@ module              command                          what it measures
 ``parallel``        ``bench-parallel``               per-layer timings; K tangents with vmap
 ``comm``            ``bench-comm``                   bytes per step of the data-parallel schemes
 ``variance_width``  ``variance-width``               steps to a loss as an MLP widens
+``local_mnist``     ``local-mnist``                  LocalMixer by BP, LG-BP, FG-W, FG-A, LG-FG-*
+``step_costs``      ``bench-local``                  one step of each estimator against backprop
 ==================  ===============================  ========================================
 """

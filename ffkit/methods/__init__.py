@@ -13,6 +13,14 @@ method                              what fills ``.grad``
                                     layer by layer (memory of inference)
 :class:`SharedSeedForwardGradient`  data parallelism that all-reduces K scalars
 :class:`AllReduceGradient`          data parallelism that all-reduces the gradient
+:class:`LocalBackprop`              LG-BP: backprop of a LocalMixer's local losses
+:class:`WeightPerturbation`         FG-W on a LocalMixer (exact heads); ``LocalWeightPerturbation``
+                                    is LG-FG-W
+:class:`ActivityPerturbation`       FG-A: tangents on the activities, weight gradients by local
+                                    outer products; ``LocalActivityPerturbation`` is LG-FG-A
+:class:`LowRankForwardGradient`     FG-W of an MLP with rank-r weight tangents, the forward pass
+                                    written out
+:class:`GuessedForwardGradient`     the projection of ∇L onto a guess (a local loss's gradient)
 ==================================  ========================================================
 
 Methods are registered by name (:func:`create`, :func:`names`); new ones subclass
@@ -36,22 +44,38 @@ from ffkit.methods.base import (
     register,
 )
 from ffkit.methods.forward_gradient import ForwardGradient, forward_gradient
+from ffkit.methods.guess import GuessedForwardGradient
 from ffkit.methods.lean import LeanForwardGradient, lean_forward_gradient_step, plain_forward_gradient_step
+from ffkit.methods.local import (
+    ActivityPerturbation,
+    LocalActivityPerturbation,
+    LocalBackprop,
+    LocalWeightPerturbation,
+    WeightPerturbation,
+)
 from ffkit.methods.shared_seed import AllReduceGradient, SharedSeedForwardGradient
+from ffkit.methods.structured import LowRankForwardGradient
 
 __all__ = [
+    "ActivityPerturbation",
     "AllReduceGradient",
     "Backprop",
     "Batch",
     "DivergenceError",
     "ForwardGradient",
     "GradFn",
+    "GuessedForwardGradient",
     "LeanForwardGradient",
+    "LocalActivityPerturbation",
+    "LocalBackprop",
+    "LocalWeightPerturbation",
     "LossFn",
+    "LowRankForwardGradient",
     "LossMethod",
     "Method",
     "SharedSeedForwardGradient",
     "StepResult",
+    "WeightPerturbation",
     "backprop_grad",
     "create",
     "forward_gradient",
