@@ -13,6 +13,10 @@ method                        what fills ``.grad``
                               layer by layer (memory of inference)
 :class:`SharedSeedForwardGradient`  data parallelism that all-reduces K scalars
 :class:`AllReduceGradient`    data parallelism that all-reduces the gradient
+:class:`ForwardForward`       each layer's own Forward-Forward loss: exact local gradients
+                              (one product per layer), or forward gradients per layer
+                              (:class:`ForwardGradientForwardForward`); supervised or
+                              unsupervised (:class:`UnsupervisedForwardForward`)
 ============================  ==========================================================
 
 Methods are registered by name (:func:`create`, :func:`names`); new ones subclass
@@ -35,6 +39,11 @@ from ffkit.methods.base import (
     names,
     register,
 )
+from ffkit.methods.forward_forward import (
+    ForwardForward,
+    ForwardGradientForwardForward,
+    UnsupervisedForwardForward,
+)
 from ffkit.methods.forward_gradient import ForwardGradient, forward_gradient
 from ffkit.methods.lean import LeanForwardGradient, lean_forward_gradient_step, plain_forward_gradient_step
 from ffkit.methods.shared_seed import AllReduceGradient, SharedSeedForwardGradient
@@ -44,7 +53,9 @@ __all__ = [
     "Backprop",
     "Batch",
     "DivergenceError",
+    "ForwardForward",
     "ForwardGradient",
+    "ForwardGradientForwardForward",
     "GradFn",
     "LeanForwardGradient",
     "LossFn",
@@ -52,6 +63,7 @@ __all__ = [
     "Method",
     "SharedSeedForwardGradient",
     "StepResult",
+    "UnsupervisedForwardForward",
     "backprop_grad",
     "create",
     "forward_gradient",
