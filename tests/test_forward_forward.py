@@ -7,7 +7,12 @@ closed-form variance, and training against chance level on small problems.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -372,7 +377,7 @@ def test_supervised_ff_learns_mnist_far_beyond_chance() -> None:
     assert record["test_error"] < 0.7  # chance is 0.9; goodness needs many more steps than the readout
     assert record["final_test_errors"]["readout"] < 0.3
     assert len(record["probe_test_error"]) == 2 and max(record["probe_test_error"]) < 0.35
-    assert record["epoch"] == [1, 2] and len(record["seconds"]) == 2
+    assert record["epoch"] == [1, 2, 3, 4] and len(record["seconds"]) == 4
 
 
 def test_unsupervised_ff_and_backprop_runs_learn() -> None:
@@ -426,3 +431,47 @@ def test_linear_probe_separates_separable_features() -> None:
     assert res.train_error < 0.01 and res.test_error < 0.02
     noise = probes.linear_probe((torch.randn(600, 5, generator=g), y[:600]), (f[600:], y[600:]), epochs=5, batch_size=100)
     assert noise.test_error > 0.4
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _ff_mnist(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ffkit", "ff-mnist", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd, env=env)
+
+
+def test_ff_mnist_command_accumulates_runs_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "ff.json"
+    common = ["--layers", "1", "--width", "16", "--epochs", "2", "--train-size", "300", "--batch", "100",
+              "--threads", "1", "--out", str(out), "--checkpoint", str(tmp_path / "ckpt"), "--no-probes"]
+    first = _ff_mnist("--variant", "supervised,unsupervised", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = _ff_mnist("--variant", "supervised", "--negatives", "hard", *common, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    data = json.loads(out.read_text())
+    runs = data["results"]["runs"]
+    assert [r["variant"] for r in runs] == ["supervised", "unsupervised", "supervised"]
+    for r in runs:
+        assert {"variant", "layers", "width", "dataset", "epochs", "test_error", "seconds_per_epoch", "command"} <= set(r)
+        assert 0 <= r["test_error"] <= 1 and r["complete"]
+    # a finished run found in the checkpoint folder is not trained again
+    again = _ff_mnist("--variant", "supervised", "--negatives", "hard", *common, cwd=tmp_path)
+    assert "resuming after epoch 2" in again.stderr
+    assert json.loads(out.read_text())["results"]["runs"][-1]["test_errors"] == runs[-1]["test_errors"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variant", "sideways"], "unknown variant"),
+        (["--dataset", "svhn"], "unknown dataset"),
+        (["--width", "0"], "--width must be a positive int"),
+        (["--layers", "-1"], "--layers must be a positive int"),
+    ],
+)
+def test_ff_mnist_command_rejects_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _ff_mnist(*args, "--out", str(tmp_path / "x.json"), cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
     p.add_argument("--train-size", type=int, default=None, help="keep the first N training images")
     p.add_argument("--eval-every", type=int, default=1, help="test every N epochs (and after the last)")
+    p.add_argument("--eval-steps", default="", help="comma-separated global steps at which to test on a subset")
+    p.add_argument("--eval-subset", type=int, default=2000, help="test images used at --eval-steps")
     p.add_argument("--no-probes", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -88,7 +90,8 @@ def _load(path: Path) -> dict[str, Any] | None:
 def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for variant, (paper, source, cite) in PAPER.items():
-        done = [r for r in runs if r["variant"] == variant and r["dataset"] == "mnist" and r.get("complete")]
+        done = [r for r in runs if r["variant"] == variant and r["dataset"] == "mnist" and r.get("complete")
+                and r["settings"].get("train_size") is None]
         if not done:
             continue
         best = max(done, key=lambda r: (r["layers"] * r["width"] ** 2 * r["epochs"], -r["test_error"]))
@@ -99,10 +102,23 @@ def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The results besides the runs: what the file has now, with this invocation's entries added
+    (dicts merged key by key, so that input probes and benchmarks of other invocations stay)."""
+    merged = {k: v for k, v in current.items() if k != "runs"}
+    for key, value in ours.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def _write(path: Path, argv: list[str], runs: list[dict[str, Any]], extra: dict[str, Any], threads: int, device: str) -> None:
     data = results.envelope(
         command=results.command_line(argv, name="ff-mnist"),
-        settings={"threads": threads, "device": device, "note": "each run stores its own settings"},
+        settings={"threads": threads, "device": device,
+                  "note": "runs accumulate from several invocations; each run stores its own command and settings"},
         results={"runs": runs, **extra},
         comparisons=_comparisons(runs),
     )
@@ -123,8 +139,9 @@ def main(argv: list[str]) -> int:
             p.error(f"--{name.replace('_', '-')} must be a positive int, got {getattr(args, name)}")
     try:
         seeds = _csv(args.seeds, int)
+        eval_steps = tuple(_csv(args.eval_steps, int))
     except ValueError:
-        p.error(f"--seeds must be comma-separated ints, got {args.seeds!r}")
+        p.error(f"--seeds and --eval-steps must be comma-separated ints, got {args.seeds!r} and {args.eval_steps!r}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -137,7 +154,7 @@ def main(argv: list[str]) -> int:
                 batch=args.batch, optimizer=args.optimizer, cooldown=not args.no_cooldown, negatives=args.negatives,
                 goodness=args.goodness, peer=args.peer, perturb=args.perturb, directions=args.directions,
                 dtype=args.dtype, seed=seed, train_size=args.train_size, eval_every=args.eval_every,
-                probes=not args.no_probes, device=args.device,
+                probes=not args.no_probes, device=args.device, eval_steps=eval_steps, eval_subset=args.eval_subset,
             )
             for name in ("lr", "readout_lr", "weight_decay", "readout_weight_decay"):
                 if getattr(args, name) is not None:
@@ -147,27 +164,40 @@ def main(argv: list[str]) -> int:
             except ValueError as err:
                 p.error(str(err))
 
-    if args.bench:
-        timings = bench(configs[0], steps=args.bench_steps, rounds=args.rounds)
-        print(f"{threads} threads, {configs[0].layers} × {configs[0].width}, batch {configs[0].batch}:"
-              " seconds per epoch (median over rounds) and the ratio to the autograd step")
-        base = timings["autograd per layer"]["per_epoch"]
-        for name, t in timings.items():
-            print(f"  {name:<34} {t['per_epoch']:7.2f} s   x{t['per_epoch'] / base:5.2f}")
-        return 0
-
     existing = _load(args.out)
     runs: list[dict[str, Any]] = list(existing["results"]["runs"]) if existing else []
     extra: dict[str, Any] = {k: v for k, v in existing["results"].items() if k != "runs"} if existing else {}
+
+    if args.bench:
+        config = configs[0]
+        timings = bench(config, steps=args.bench_steps, rounds=args.rounds)
+        print(f"{threads} threads, {config.layers} × {config.width}, batch {config.batch}: seconds per "
+              "MNIST epoch (median over rounds) and the ratio to the autograd step")
+        base = timings["autograd per layer"]["per_epoch"]
+        for name, t in timings.items():
+            print(f"  {name:<36} {t['per_epoch']:7.2f} s   x{t['per_epoch'] / base:5.2f}")
+        extra.setdefault("bench", {})[f"{config.layers}x{config.width}/b{config.batch}/t{threads}"] = {
+            "command": results.command_line(argv, name="ff-mnist"), "threads": threads,
+            "layers": config.layers, "width": config.width, "batch": config.batch,
+            "steps_per_sample": args.bench_steps, "rounds": args.rounds, "timings": timings,
+        }
+        current = _load(args.out)
+        _write(args.out, argv, current["results"]["runs"] if current else [],
+               _merge(current["results"] if current else {}, extra), threads, args.device)
+        return 0
     probe_key = f"input_probe/{args.dataset}"
     if not args.no_probes and probe_key not in extra.get("input_probes", {}):
         res = input_probe(configs[0])
         extra.setdefault("input_probes", {})[args.dataset] = {"train_error": res.train_error, "test_error": res.test_error}
 
     def store(record: dict[str, Any]) -> None:
-        nonlocal runs
-        runs = [r for r in runs if r.get("key") != record["key"]] + [copy.deepcopy(record)]
-        _write(args.out, argv, runs, extra, threads, args.device)
+        # re-read the file first: another invocation may have added runs in the meantime
+        current = _load(args.out)
+        others = [r for r in (current["results"]["runs"] if current else runs) if r.get("key") != record["key"]]
+        merged = _merge(current["results"] if current else {}, extra)
+        saved = copy.deepcopy(record)
+        saved["command"] = results.command_line(argv, name="ff-mnist")
+        _write(args.out, argv, others + [saved], merged, threads, args.device)
 
     for config in configs:
         key = run_key(config)

@@ -47,7 +47,9 @@ VARIANTS = ("supervised", "unsupervised", "forward-gradient", "backprop")
 class Config:
     """Everything that shapes one run (the record stores it as its settings).
 
-    ``train_size`` keeps the first images of the training split (all by default); ``lr`` and
+    ``train_size`` keeps the first images of the training split (all by default); besides the
+    test error every ``eval_every`` epochs, the error on the first ``eval_subset`` test images is
+    recorded at the global steps ``eval_steps`` (a learning curve in steps); ``lr`` and
     ``weight_decay`` apply to the layers, ``readout_lr`` and ``readout_weight_decay`` to the
     readout (and the backprop network's output layer).
     """
@@ -75,6 +77,8 @@ class Config:
     seed: int = 0
     train_size: int | None = None
     eval_every: int = 1
+    eval_steps: tuple[int, ...] = ()
+    eval_subset: int = 2000
     probes: bool = True
     probe_epochs: int = 10
     device: str = "cpu"
@@ -93,6 +97,8 @@ class Config:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in self.eval_steps):
+            raise ValueError(f"eval_steps must be positive ints, got {self.eval_steps!r}")
         if self.train_size is not None and (not isinstance(self.train_size, int) or self.train_size < self.batch):
             raise ValueError(f"train_size must be an int >= batch, got {self.train_size!r}")
 
@@ -104,8 +110,11 @@ def run_key(config: Config) -> str:
         parts.append(config.negatives)
     if config.variant == "forward-gradient":
         parts.append(f"{config.perturb}-K{config.directions}")
-    if config.dtype != "float32":
-        parts.append(config.dtype)
+    parts.append(f"{config.optimizer}-lr{config.lr:g}")
+    defaults = Config()
+    for name in ("goodness", "peer", "readout_lr", "weight_decay", "cooldown", "batch", "dtype"):
+        if getattr(config, name) != getattr(defaults, name):
+            parts.append(f"{name}={getattr(config, name)}")
     if config.train_size is not None:
         parts.append(f"n{config.train_size}")
     parts += [f"{k}={v}" for k, v in sorted(config.extra.items())]
@@ -217,6 +226,24 @@ def layer_features(model: nn.Module, config: Config, x: Tensor, chunk: int = 100
     return [torch.cat(f) for f in feats]
 
 
+def _step_evaluator(
+    model: nn.Module, config: Config, x: Tensor, y: Tensor, offset: int, store: dict[str, list[list[float]]]
+) -> Callable[[Any], None]:
+    """A :func:`ffkit.train.fit` callback that records the test error on (x, y) at the global
+    steps ``config.eval_steps`` (its time is not counted as training time)."""
+    wanted = set(config.eval_steps)
+
+    def callback(info: Any) -> None:
+        step = offset + info.step
+        if step in wanted:
+            model.eval()
+            for rule, err in evaluate(model, config, x, y).items():
+                store.setdefault(rule, []).append([step, err])
+            model.train()
+
+    return callback
+
+
 def run(
     config: Config,
     *,
@@ -271,6 +298,9 @@ def run(
         gen = torch.Generator().manual_seed(mix_seed(config.seed, epoch))
         order = batches(x, y, config.batch, generator=gen)
         callbacks = [progress(epoch, steps)] if progress is not None else []
+        if config.eval_steps:
+            callbacks.append(_step_evaluator(model, config, xt[: config.eval_subset], yt[: config.eval_subset],
+                                             (epoch - 1) * steps, record.setdefault("step_errors", {})))
         history: History = fit(model, method, order, optimizer, steps=steps, callbacks=[c for c in callbacks if c])
         record["epoch"].append(epoch)
         record["seconds"].append(round(history.seconds[-1], 3))

@@ -192,10 +192,10 @@ class ForwardForward(Method):
 
         * ``"weight"``: (n_l + κ − 2) ‖∇L_l‖² / K, chapter 5's formula with n = n_l, the layer's
           parameter count, because the layer's estimate sees only its own loss;
-        * ``"activity"``: Σ_i (‖x_i‖² + 1)(m_i + κ − 2) ‖δ_i‖² / K, where x_i is row i of the
+        * ``"activity"``: Σ_i (m_i + κ − 2) ‖δ_i‖² (‖x_i‖² + 1) / K, where x_i is row i of the
           layer's input, δ_i = ∂L_l/∂a_i and m_i the number of units its tangent covers (the
-          active ones): each example's tangent is independent, so the variances of the N
-          rank-one terms δ̂_i x_iᵀ add;
+          active ones): row i's estimate ũ ũᵀ δ_i (x_i, 1)ᵀ has variance (m_i + κ − 2)‖δ_i‖²
+          (‖x_i‖² + 1), and the rows' tangents are independent, so their variances add;
         * ``"exact"``: 0.
         """
         from ffkit.theory import kurtosis
@@ -214,7 +214,7 @@ class ForwardForward(Method):
             if self.gradient == "weight":
                 value = (t["n"] + kappa - 2) * t["grad_sq"]
             else:
-                value = ((t["x_sq"] + 1) * (t["m"] + kappa - 2) * t["delta_sq"]).sum()
+                value = ((t["m"] + kappa - 2) * t["m_sq"]).sum()
             out[name] = float(value) / self.directions
         return out
 
@@ -347,7 +347,7 @@ class ForwardForward(Method):
         else:
             for gen in gens:
                 (u,) = tg.draw([a], self.distribution, gen)
-                u.mul_(active)  # ũ: tangents only on active units
+                u.mul_(active)  # ũ: tangents only on the units the estimate must cover
                 l_dot = (c * dloss_dg) * torch.linalg.vecdot(z, u)  # L̇_i, one per example
                 if peer_dz is not None:
                     l_dot[:b] += u[:b] @ peer_dz
@@ -395,14 +395,14 @@ class ForwardForward(Method):
 
 def _terms(inp: LayerInput, delta: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """What :meth:`ForwardForward.predicted_variance` needs of one layer: its parameter count n,
-    ‖∇L‖² (of W and b), and per row ‖x_i‖², m_i and ‖δ_i‖²."""
+    ‖∇L‖² (of W and b), and per row the number m_i of units its tangent covers and
+    ‖δ_i‖²(‖x_i‖² + 1), the squared norm of the row's exact contribution δ_i (x_i, 1)ᵀ."""
     gw, gb = inp.tmm(delta), delta.sum(0)
     return {
         "n": torch.tensor(float(gw.numel() + gb.numel())),
         "grad_sq": gw.double().square().sum() + gb.double().square().sum(),
-        "x_sq": inp.row_sqnorms().double(),
         "m": mask.sum(1).double(),
-        "delta_sq": delta.double().square().sum(1),
+        "m_sq": delta.double().square().sum(1) * (inp.row_sqnorms().double() + 1),
     }
 
 
