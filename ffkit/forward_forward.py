@@ -105,13 +105,15 @@ def ff_loss(g: Tensor, threshold: float, sign: Tensor) -> Tensor:
     return F.softplus(-sign * (g - threshold)).mean()
 
 
-def normalize(z: Tensor, kind: str = "rms", eps: float = _EPS) -> Tensor:
+def normalize(z: Tensor, kind: str = "rms", eps: float = _EPS, *, sq: Tensor | None = None) -> Tensor:
     """Each row of ``z`` divided by its length (``"length"``), by its root mean square
-    (``"rms"``), or unchanged (``"none"``); ``eps`` keeps an all-zero row at zero."""
+    (``"rms"``), or unchanged (``"none"``); ``eps`` keeps an all-zero row at zero. ``sq``, the
+    rows' squared lengths Σ_j z_j² if already known (the goodness), saves computing them again."""
     _check_choice(kind, NORMS, "normalisation")
     if kind == "none":
         return z
-    sq = torch.linalg.vecdot(z, z)
+    if sq is None:
+        sq = torch.linalg.vecdot(z, z)
     if kind == "rms":
         sq = sq / z.shape[-1]
     return z * torch.rsqrt(sq + eps).unsqueeze(-1)

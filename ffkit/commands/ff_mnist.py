@@ -116,7 +116,7 @@ def _merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
 
 def _write(path: Path, argv: list[str], runs: list[dict[str, Any]], extra: dict[str, Any], threads: int, device: str) -> None:
     data = results.envelope(
-        command=results.command_line(argv, name="ff-mnist"),
+        command=results.command_line(shown, name="ff-mnist"),
         settings={"threads": threads, "device": device,
                   "note": "runs accumulate from several invocations; each run stores its own command and settings"},
         results={"runs": runs, **extra},
@@ -125,9 +125,24 @@ def _write(path: Path, argv: list[str], runs: list[dict[str, Any]], extra: dict[
     results.write(path, data)
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """The arguments as the results file records them: without ``--checkpoint`` (a local folder
+    that does not change the results)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--checkpoint":
+            skip = True
+        elif not arg.startswith("--checkpoint="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
+    shown = _shown(argv)
     variants = _csv(args.variant)
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
@@ -177,12 +192,12 @@ def main(argv: list[str]) -> int:
         for name, t in timings.items():
             print(f"  {name:<36} {t['per_epoch']:7.2f} s   x{t['per_epoch'] / base:5.2f}")
         extra.setdefault("bench", {})[f"{config.layers}x{config.width}/b{config.batch}/t{threads}"] = {
-            "command": results.command_line(argv, name="ff-mnist"), "threads": threads,
+            "command": results.command_line(shown, name="ff-mnist"), "threads": threads,
             "layers": config.layers, "width": config.width, "batch": config.batch,
             "steps_per_sample": args.bench_steps, "rounds": args.rounds, "timings": timings,
         }
         current = _load(args.out)
-        _write(args.out, argv, current["results"]["runs"] if current else [],
+        _write(args.out, shown, current["results"]["runs"] if current else [],
                _merge(current["results"] if current else {}, extra), threads, args.device)
         return 0
     probe_key = f"input_probe/{args.dataset}"
@@ -196,8 +211,8 @@ def main(argv: list[str]) -> int:
         others = [r for r in (current["results"]["runs"] if current else runs) if r.get("key") != record["key"]]
         merged = _merge(current["results"] if current else {}, extra)
         saved = copy.deepcopy(record)
-        saved["command"] = results.command_line(argv, name="ff-mnist")
-        _write(args.out, argv, others + [saved], merged, threads, args.device)
+        saved["command"] = results.command_line(shown, name="ff-mnist")
+        _write(args.out, shown, others + [saved], merged, threads, args.device)
 
     for config in configs:
         key = run_key(config)

@@ -56,7 +56,6 @@ from ffkit.forward_forward import (
     Dense,
     FFNet,
     LayerInput,
-    goodness,
     goodness_derivative,
     normalize,
 )
@@ -261,7 +260,8 @@ class ForwardForward(Method):
             for index, layer in enumerate(model.layers):
                 a = inp.mm(layer.weight).add_(layer.bias)
                 z = torch.relu(a)
-                g = goodness(z, model.goodness_kind)
+                sq = torch.linalg.vecdot(z, z)  # Σ_j z_j², the goodness up to the factor 1/q
+                g = sq / z.shape[1] if model.goodness_kind == "mean" else sq
                 theta = model.thresholds[index]
                 margin = -sign * (g - theta)
                 loss = torch.nn.functional.softplus(margin).mean()
@@ -270,7 +270,7 @@ class ForwardForward(Method):
                 peer_dz, peer_loss = self._peer(model, index, z[:b], update_state)
                 stats.append(torch.stack([loss + peer_loss, g[:b].mean(), g[b:].mean()]))
                 self._layer_gradient(layer, inp, a, z, dloss_dg, c, peer_dz, b, tangent_gens, details, index)
-                inp = Dense(normalize(z, model.norm), self.dtype)
+                inp = Dense(normalize(z, model.norm, sq=sq), self.dtype)
                 if self.data == "unsupervised" and index in model.read_from:
                     top.append(z[:b])
             if self.data == "unsupervised" and model.readout is not None:
