@@ -456,6 +456,8 @@ def test_ff_mnist_command_accumulates_runs_and_resumes(tmp_path: Path) -> None:
     for r in runs:
         assert {"variant", "layers", "width", "dataset", "epochs", "test_error", "seconds_per_epoch", "command"} <= set(r)
         assert 0 <= r["test_error"] <= 1 and r["complete"]
+        assert "--checkpoint" not in r["command"]
+    assert "--checkpoint" not in data["command"]
     # a finished run found in the checkpoint folder is not trained again
     again = _ff_mnist("--variant", "supervised", "--negatives", "hard", *common, cwd=tmp_path)
     assert "resuming after epoch 2" in again.stderr

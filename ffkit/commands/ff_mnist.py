@@ -116,7 +116,7 @@ def _merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
 
 def _write(path: Path, argv: list[str], runs: list[dict[str, Any]], extra: dict[str, Any], threads: int, device: str) -> None:
     data = results.envelope(
-        command=results.command_line(shown, name="ff-mnist"),
+        command=results.command_line(argv, name="ff-mnist"),
         settings={"threads": threads, "device": device,
                   "note": "runs accumulate from several invocations; each run stores its own command and settings"},
         results={"runs": runs, **extra},
