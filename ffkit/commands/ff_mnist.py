@@ -26,7 +26,7 @@ import torch
 
 from ffkit import results
 from ffkit.data import DATASETS
-from ffkit.experiments.ff_mnist import VARIANTS, Config, bench, input_probe, run, run_key
+from ffkit.experiments.ff_mnist import VARIANTS, Config, bench, input_probe, run, run_key, untrained_probes
 from ffkit.train import progress
 
 DEFAULT_OUT = Path("chapters/results/ff_mnist.json")
@@ -72,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--checkpoint", type=Path, default=None, help="folder for per-run checkpoints (resume)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--untrained", action="store_true", help="probe the layers at initialisation instead of training")
     p.add_argument("--bench", action="store_true", help="time the step variants side by side instead of training")
     p.add_argument("--bench-steps", type=int, default=30, help="steps per timed sample (--bench)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (--bench)")
@@ -200,8 +201,20 @@ def main(argv: list[str]) -> int:
         _write(args.out, shown, current["results"]["runs"] if current else [],
                _merge(current["results"] if current else {}, extra), threads, args.device)
         return 0
-    probe_key = f"input_probe/{args.dataset}"
-    if not args.no_probes and probe_key not in extra.get("input_probes", {}):
+    if args.untrained:
+        found: dict[str, Any] = {}
+        for config in configs:
+            key = f"{config.dataset}/{config.layers}x{config.width}/seed{config.seed}"
+            res = untrained_probes(config)
+            found[key] = {"test_error": [r.test_error for r in res], "train_error": [r.train_error for r in res],
+                          "command": results.command_line(shown, name="ff-mnist")}
+            print(f"untrained {key}: probes " + " ".join(f"{100 * r.test_error:.2f}" for r in res) + " %")
+        current = _load(args.out)
+        _write(args.out, shown, current["results"]["runs"] if current else [],
+               _merge(current["results"] if current else {}, {"untrained_probes": found}), threads, args.device)
+        return 0
+
+    if not args.no_probes and args.dataset not in extra.get("input_probes", {}):
         res = input_probe(configs[0])
         extra.setdefault("input_probes", {})[args.dataset] = {"train_error": res.train_error, "test_error": res.test_error}
 

@@ -37,7 +37,7 @@ from ffkit.methods import Backprop, ForwardForward, ForwardGradientForwardForwar
 from ffkit.tangents import mix_seed
 from ffkit.train import History, fit
 
-__all__ = ["VARIANTS", "Config", "build", "run", "run_key"]
+__all__ = ["VARIANTS", "Config", "bench", "build", "input_probe", "run", "run_key", "untrained_probes"]
 
 #: The variants :func:`run` trains.
 VARIANTS = ("supervised", "unsupervised", "forward-gradient", "backprop")
@@ -348,6 +348,23 @@ def input_probe(config: Config, data: tuple[tuple[Tensor, Tensor], tuple[Tensor,
     return probes.linear_probe((f, train[1]), (ft, test[1]), epochs=config.probe_epochs, seed=config.seed)
 
 
+def untrained_probes(
+    config: Config, data: tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+) -> list[probes.ProbeResult]:
+    """Linear probes of every layer of ``config``'s network *at initialisation*: random ReLU
+    features, the control that tells what training added to a layer's probe."""
+    if data is None:
+        train = load_dataset(config.dataset, "train", limit=config.train_size)
+        test = load_dataset(config.dataset, "test")
+    else:
+        train, test = data
+    model, _, _ = build(replace(config, probes=True))
+    x, y = (t.to(config.device) for t in train)
+    xt, yt = (t.to(config.device) for t in test)
+    return probes.probe_layers(layer_features(model, config, x), y, layer_features(model, config, xt), yt,
+                               epochs=config.probe_epochs, seed=config.seed)
+
+
 def quick(config: Config, **changes: Any) -> Config:
     """``config`` with some fields changed (a convenience for notebooks)."""
     return replace(config, **changes)
@@ -397,7 +414,8 @@ def bench(config: Config, *, steps: int = 30, rounds: int = 5) -> dict[str, dict
     """Seconds per training epoch of supervised FF on ``config``'s network, for the step as
     :class:`~ffkit.methods.ForwardForward` takes it (float32 and bfloat16 products) and for the
     straightforward autograd implementation (:func:`_autograd_step`, with and without a
-    per-step all-label pass), timed side by side (:func:`ffkit.bench.interleaved`): each sample
+    per-step all-label pass), and backprop on the same layers, timed side by side
+    (:func:`ffkit.bench.interleaved`): each sample
     runs ``steps`` steps with the optimizer step included, and is scaled to the 60 000 images
     of an MNIST epoch."""
     from ffkit.bench import interleaved
@@ -431,10 +449,22 @@ def bench(config: Config, *, steps: int = 30, rounds: int = 5) -> dict[str, dict
 
         return go
 
+    def backprop_variant() -> Callable[[], None]:
+        model, method, optimizer = build(replace(config, variant="backprop"))
+
+        def go() -> None:
+            for batch in chunks:
+                optimizer.zero_grad(set_to_none=True)
+                method.step(model, batch)
+                optimizer.step()
+
+        return go
+
     variants["ffkit, float32"] = ffkit_variant("float32")
     variants["ffkit, bfloat16 products"] = ffkit_variant("bfloat16")
     variants["autograd per layer"] = autograd_variant(False)
     variants["autograd per layer + all-label pass"] = autograd_variant(True)
+    variants["backprop, same layers"] = backprop_variant()
     timings = interleaved(variants, rounds=rounds, warmup=1)
     per_epoch = 60000 / config.batch / len(chunks)
     return {name: {"per_epoch": t.median * per_epoch, "min_per_epoch": t.minimum * per_epoch, **t.as_dict()}
