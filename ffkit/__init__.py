@@ -9,10 +9,11 @@ floor                     modules
 ========================  ===============================================================
 foundations               ``autodiff``, ``tangents``, ``data``, ``models``, ``theory``,
                           ``quadratic``, ``pipeline``, ``distributed``, ``bench``,
-                          ``results``, ``plot``, ``testfunctions``
-methods                   ``methods`` (backprop, forward gradients, lean, shared seed),
-                          ``perturbation``
-training and measuring    ``train``, ``variance``, ``profile``, ``experiments``
+                          ``results``, ``plot``, ``testfunctions``, ``forward_forward``,
+                          ``ff_data``
+methods                   ``methods`` (backprop, forward gradients, lean, shared seed,
+                          Forward-Forward), ``perturbation``
+training and measuring    ``train``, ``variance``, ``profile``, ``probes``, ``experiments``
 command line              ``commands`` (``python -m ffkit``)
 ========================  ===============================================================
 
@@ -48,11 +49,14 @@ _SUBMODULES = (
     "data",
     "distributed",
     "experiments",
+    "ff_data",
+    "forward_forward",
     "methods",
     "models",
     "perturbation",
     "pipeline",
     "plot",
+    "probes",
     "profile",
     "quadratic",
     "results",

@@ -403,6 +403,18 @@ def test_resumed_run_equals_an_uninterrupted_one() -> None:
     assert resumed["train_loss"] == full["train_loss"]
 
 
+def test_untrained_probes_beat_chance_but_not_training() -> None:
+    from ffkit.experiments import ff_mnist as fe
+
+    data = _mnist(2000)
+    cfg = fe.Config(layers=2, width=64, epochs=3, batch=50, train_size=2000, probe_epochs=5, optimizer="adam",
+                    goodness="mean", lr=1e-3, readout_lr=1e-2)
+    before = fe.untrained_probes(cfg, data)
+    assert len(before) == 2 and all(r.test_error < 0.5 for r in before)  # random features are informative
+    after = fe.run(cfg, data=data)["probe_test_error"]
+    assert min(after) < min(r.test_error for r in before)
+
+
 def test_config_rejects_bad_values() -> None:
     from ffkit.experiments import ff_mnist as fe
 
