@@ -10,7 +10,7 @@ floor                     modules
 foundations               ``autodiff``, ``tangents``, ``data``, ``models``, ``theory``,
                           ``quadratic``, ``pipeline``, ``distributed``, ``bench``,
                           ``results``, ``plot``, ``testfunctions``, ``forward_forward``,
-                          ``ff_data``
+                          ``ff_data``, ``_setup``, ``_book`` (the notebooks' conventions)
 methods                   ``methods`` (backprop, forward gradients, lean, shared seed,
                           Forward-Forward), ``perturbation``
 training and measuring    ``train``, ``variance``, ``profile``, ``probes``, ``experiments``

@@ -178,7 +178,8 @@ class Dual:
     def __mul__(self, other: Operand) -> Dual:
         # (a + ȧε)(b + ḃε) = ab + (ȧb + aḃ)ε, because ε² = 0
         if isinstance(other, Dual):
-            return Dual(self.value * other.value, self.tangent * other.value + self.value * other.tangent)
+            tangent = self.tangent * other.value + self.value * other.tangent
+            return Dual(self.value * other.value, tangent)
         c = _constant(other, "*")
         return Dual(self.value * c, self.tangent * c)
 

@@ -11,8 +11,8 @@ The book compares one step of five methods on the same model and batch:
     about √L segments for L layers): only the segment inputs (and the last segment's activations)
     are kept, the rest is recomputed during the backward pass;
 ``"forward gradient"``
-    the plain weight-perturbation forward gradient, g = (∇f·v) v with model-sized v and g
-    (:func:`ffkit.methods.plain_forward_gradient_step`);
+    the plain weight-perturbation forward gradient, g = (∇f·v) v with v drawn whole (model-sized)
+    and scaled in place into g (:func:`ffkit.methods.plain_forward_gradient_step`);
 ``"ForwardGradient"``
     the library's :class:`ffkit.ForwardGradient`, which scales v in place into ``.grad``, then
     θ ← θ − η ``.grad`` in place;

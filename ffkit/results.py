@@ -23,6 +23,7 @@ committed file from the book's repository (so a notebook opened alone, on Colab,
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shlex
@@ -129,14 +130,25 @@ def _check_envelope(data: object, where: str) -> dict[str, Any]:
     return data
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None`` (JSON has no such numbers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     """Write ``data`` (an :func:`envelope`) as JSON to ``path`` atomically: a temporary file in
     the same folder is renamed over ``path`` only once it is complete, so an interrupted run
-    leaves the old file, never half a new one."""
+    leaves the old file, never half a new one. NaN and infinite numbers are stored as ``null``."""
     target = Path(path)
     _check_envelope(dict(data), str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
+    text = json.dumps(_finite(data), indent=1, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

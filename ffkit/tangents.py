@@ -128,36 +128,39 @@ def _fill_gaussian_(out: Tensor, gen: torch.Generator | None) -> Tensor:
     return out.normal_(generator=gen)
 
 
-_INT32_MIN = -(2**31)
-_ONE_F32_BITS = 0x3F800000  # IEEE-754 bits of 1.0f; setting the sign bit gives -1.0f
+_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The 256 × 8 table whose row b holds the signs (−1)^(bit j of b), j = 0..7."""
+    key = (dtype, device)
+    if key not in _SIGN_TABLES:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        _SIGN_TABLES[key] = (1 - 2 * bits).to(dtype=dtype, device=device)
+    return _SIGN_TABLES[key]
 
 
 def _fill_rademacher_(out: Tensor, gen: torch.Generator | None) -> Tensor:
     """v uniform on {−1, +1}ⁿ, from one random bit per entry.
 
     Drawing a random float per entry would cost as much as a Gaussian. Instead ⌈n/64⌉ random
-    64-bit words are drawn and bit j of word w is moved into the sign bit of the float 1.0 of
-    entry 32w + j (a shift, an AND and an OR on 32-bit integers). float32 tensors are written in
-    place; other dtypes go through a float32 buffer.
+    64-bit words are drawn, read as bytes, and each byte b selects the row of eight signs
+    (−1)^(bit j of b) of a 256 × 8 table: one gather that writes the n entries. A contiguous
+    tensor whose size is a multiple of 8 is written in place; anything else goes through a
+    buffer.
     """
     n = out.numel()
     if n == 0:
         return out
-    words32 = (n + 31) // 32
-    words = torch.empty((words32 + 1) // 2, dtype=torch.int64, device=out.device)
+    rows = (n + 7) // 8
+    words = torch.empty((rows + 7) // 8, dtype=torch.int64, device=out.device)
     words.random_(-(2**63), None, generator=gen)  # all 64 bits random
-    w = words.view(torch.int32)[:words32]
-    if out.dtype == torch.float32 and out.is_contiguous() and n % 32 == 0:
-        bits = out.view(-1).view(torch.int32).view(words32, 32)
+    index = words.view(torch.uint8)[:rows].to(torch.int32)
+    table = _sign_table(out.dtype, out.device)
+    if out.is_contiguous() and n % 8 == 0:
+        torch.index_select(table, 0, index, out=out.view(rows, 8))
     else:
-        bits = torch.empty(words32, 32, dtype=torch.int32, device=out.device)
-    shifts = torch.arange(32, dtype=torch.int32, device=out.device)
-    torch.bitwise_left_shift(w.unsqueeze(1), shifts, out=bits)
-    bits.bitwise_and_(_INT32_MIN)
-    bits.bitwise_or_(_ONE_F32_BITS)
-    signs = bits.view(torch.float32).view(-1)
-    if signs.data_ptr() != out.data_ptr():
-        out.copy_(signs[:n].view(out.shape))
+        out.copy_(torch.index_select(table, 0, index).view(-1)[:n].view(out.shape))
     return out
 
 
@@ -229,6 +232,9 @@ def draw(
         return [dist.fill_(torch.empty_like(t), gen) for t in like]
     if len(out) != len(like):
         raise ValueError(f"out has {len(out)} buffers for {len(like)} tensors")
+    for i, (buf, t) in enumerate(zip(out, like)):
+        if buf.shape != t.shape:
+            raise ValueError(f"out[{i}] has shape {tuple(buf.shape)}, the tensor it stands for {tuple(t.shape)}")
     return [dist.fill_(buf, gen) for buf in out]
 
 
@@ -262,6 +268,8 @@ def combine(
     d = [float(x) for x in (dots.tolist() if isinstance(dots, Tensor) else dots)]
     if not d or len(d) != len(tangents):
         raise ValueError(f"combine needs one tangent per directional derivative, got {len(d)} and {len(tangents)}")
+    if directions is not None and (isinstance(directions, bool) or not isinstance(directions, int) or directions < 1):
+        raise ValueError(f"directions must be an int >= 1 (the number K of tangents), got {directions!r}")
     k = len(d) if directions is None else directions
     scale = alpha / k
     if out is None:

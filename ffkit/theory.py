@@ -6,7 +6,7 @@ forward gradient ĝ = (∇f·v) v, averaged over K directions. Then
 
 * E ĝ = ∇f and tr Cov(ĝ) = (n + κ − 2)‖∇f‖²/K (:func:`variance_factor`): (n + 1)/K for Gaussian
   and (n − 1)/K for Rademacher tangents;
-* for Gaussian v the cosine between ĝ and ∇f is |u₁| for u uniform on the sphere of Rⁿ, with mean
+* for Gaussian v the cosine between ĝ and ∇f is :math:`|u_1|` for u uniform on the sphere of Rⁿ, with mean
   Γ(n/2)/(√π Γ((n+1)/2)) ≈ √(2/(πn)) (:func:`expected_cosine`, :func:`cosine_density`);
 * perturbing a linear layer's weights or its activities, with noise shared by the batch or drawn
   per example, gives the four variances of Ren et al. (2023), Table 1
@@ -77,7 +77,7 @@ def expected_cosine(n: int | np.ndarray) -> float | np.ndarray:
 
 
 def cosine_density(t: np.ndarray | float, n: int) -> np.ndarray | float:
-    """The density of cos θ = |u₁| on [0, 1] for u uniform on the sphere of R^n, n >= 2:
+    """The density of cos θ = :math:`|u_1|` on [0, 1] for u uniform on the sphere of R^n, n >= 2:
 
     p(t) = 2 Γ(n/2) / (√π Γ((n−1)/2)) · (1 − t²)^((n−3)/2).
     """
@@ -110,12 +110,12 @@ def perturbation_variance(
     estimator perturbs W (a tangent of pq entries) or z (q entries), with one tangent for the
     batch (``"shared"``) or one per example:
 
-    ======== =================== =======================
-    perturb  shared              per-example
-    ======== =================== =======================
-    weight   (pq+2)/N·V + (pq+1)·S   (pq+2)/N·V + (pq+1)/N·S
-    activity (q+2)/N·V + (q+1)·S     (q+2)/N·V + (q+1)/N·S
-    ======== =================== =======================
+    ========  ======================  ========================
+    perturb   shared                  per-example
+    ========  ======================  ========================
+    weight    (pq+2)/N·V + (pq+1)·S   (pq+2)/N·V + (pq+1)/N·S
+    activity  (q+2)/N·V + (q+1)·S     (q+2)/N·V + (q+1)/N·S
+    ========  ======================  ========================
     """
     if perturb not in ("weight", "activity"):
         raise ValueError(f"perturb must be 'weight' or 'activity', got {perturb!r}")

@@ -174,59 +174,74 @@ def fit(
 
     model.train()
     step = 0
-    for step in range(1, steps + 1):
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            raise ValueError(f"data ran out after {step - 1} of {steps} steps; use ffkit.train.cycle") from None
-        start = time.perf_counter()
-        if optimizer is not None:
-            optimizer.zero_grad(set_to_none=True)
-        try:
-            result = method.step(model, batch)
-            if not math.isfinite(result.loss):
-                raise DivergenceError(f"the training loss became {result.loss}")
-        except DivergenceError as err:
-            raise DivergenceError(
-                f"at step {step} (learning rate {_learning_rate(method, optimizer)}): {err}; lower the learning rate"
-            ) from err
-        if optimizer is not None:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        elapsed += time.perf_counter() - start
-        history.step.append(step)
-        history.loss.append(float(result.loss))
-        history.seconds.append(elapsed)
-        if result.details:
-            history.details.append(dict(result.details))
-        if eval_every and step % eval_every == 0 and step != steps:
-            record_eval(step)
-        info = StepInfo(step, result, model, history)
-        if any([bool(cb(info)) for cb in callbacks]):
-            history.stopped_early = step < steps
-            break
-    record_eval(step)
+    try:
+        for step in range(1, steps + 1):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise ValueError(f"data ran out after {step - 1} of {steps} steps; use ffkit.train.cycle") from None
+            start = time.perf_counter()
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+            try:
+                result = method.step(model, batch)
+                if not math.isfinite(result.loss):
+                    raise DivergenceError(f"the training loss became {result.loss}")
+            except DivergenceError as err:
+                raise DivergenceError(
+                    f"at step {step} (learning rate {_learning_rate(method, optimizer)}): {err}; lower the learning rate"
+                ) from err
+            if optimizer is not None:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            elapsed += time.perf_counter() - start
+            history.step.append(step)
+            history.loss.append(float(result.loss))
+            history.seconds.append(elapsed)
+            if result.details:
+                history.details.append(dict(result.details))
+            if eval_every and step % eval_every == 0 and step != steps:
+                record_eval(step)
+            info = StepInfo(step, result, model, history)
+            if any([bool(cb(info)) for cb in callbacks]):
+                history.stopped_early = step < steps
+                break
+    finally:
+        for cb in callbacks:  # a progress bar closes even when the run stops early or fails
+            close = getattr(cb, "close", None)
+            if callable(close):
+                close()
+    if not history.eval_step or history.eval_step[-1] != step:  # a run stopped at an evaluation step
+        record_eval(step)
     return history
 
 
 # --------------------------------------------------------------------------- callbacks
 
 
-def progress(total: int, *, desc: str = "", stream: IO[str] | None = None) -> Callback:
-    """A tqdm progress bar on stderr (or ``stream``) with the running loss; closes at the last step."""
-    from tqdm.auto import tqdm
+class progress:  # noqa: N801 - used like a function: callbacks=[progress(steps)]
+    """A tqdm progress bar on stderr (or ``stream``) with the running loss, as a :class:`Callback`.
 
-    bar = tqdm(total=total, desc=desc, file=stream if stream is not None else sys.stderr, leave=False)
+    :func:`fit` closes it when the run ends, early or not.
+    """
 
-    def callback(info: StepInfo) -> None:
-        bar.update(1)
-        if info.step % 10 == 0 or info.step == total:
-            bar.set_postfix(loss=f"{info.result.loss:.4f}", refresh=False)
-        if info.step >= total:
-            bar.close()
+    def __init__(self, total: int, *, desc: str = "", stream: IO[str] | None = None) -> None:
+        from tqdm.auto import tqdm
 
-    return callback
+        if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+            raise ValueError(f"total must be an int >= 1, got {total!r}")
+        self.total = total
+        self.bar = tqdm(total=total, desc=desc, file=stream if stream is not None else sys.stderr, leave=False)
+
+    def __call__(self, info: StepInfo) -> None:
+        self.bar.update(1)
+        if info.step % 10 == 0 or info.step == self.total:
+            self.bar.set_postfix(loss=f"{info.result.loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        """Close the bar (idempotent)."""
+        self.bar.close()
 
 
 def log_every(every: int, *, stream: IO[str] | None = None) -> Callback:

@@ -1,4 +1,5 @@
-"""Tests of ffkit.autodiff: Dual numbers and jvp against torch autograd."""
+"""Tests of ffkit.autodiff: Dual numbers, jvp (the torch.func convention), module_jvp and call_with
+against torch autograd."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch.nn import functional as F
 
 import ffkit
 from ffkit import autodiff as ad
-from ffkit.autodiff import Dual, jvp, module_jvp
+from ffkit.autodiff import Dual, call_with, jvp, module_jvp
 from ffkit.models import mlp, small_cnn
 
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True)
@@ -367,63 +368,126 @@ def test_module_jvp_holds_parameters_left_out_fixed():
 
 
 @pytest.mark.parametrize("method", ["forward_ad", "func"])
-def test_jvp_on_tensor_dict_and_tuple_inputs(method):
+def test_jvp_of_a_tensor_argument(method):
     g = torch.Generator().manual_seed(3)
     model = small_cnn(channels=2, classes=4, width=2, image_size=8).double()
     x = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
     vx = torch.randn(x.shape, generator=g, dtype=torch.float64)
-    out, t = jvp(model, x, vx, method=method)  # tensor input: derivative in the image
+    out, t = jvp(model, (x,), (vx,), method=method)  # derivative in the image
     ref = torch.autograd.functional.jacobian(model, x)
     torch.testing.assert_close(t, torch.tensordot(ref, vx, dims=4), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(out, model(x))
 
+
+def _tanh_layer(inputs: torch.Tensor):
+    return lambda p: torch.tanh(inputs @ p["w"] + p["b"])
+
+
+@pytest.mark.parametrize("method", ["forward_ad", "func"])
+def test_jvp_of_a_dict_argument_with_tangents_in_another_key_order(method):
+    g = torch.Generator().manual_seed(4)
     params = {"w": torch.randn(3, 4, generator=g, dtype=torch.float64), "b": torch.randn(4, generator=g, dtype=torch.float64)}
     v = {"b": torch.randn(4, generator=g, dtype=torch.float64), "w": torch.randn(3, 4, generator=g, dtype=torch.float64)}
-    inputs = torch.randn(5, 3, generator=g, dtype=torch.float64)
-
-    def f(p):
-        return torch.tanh(inputs @ p["w"] + p["b"])
-
-    _, t = jvp(f, params, v, method=method)  # dict input, tangents given in another key order
+    f = _tanh_layer(torch.randn(5, 3, generator=g, dtype=torch.float64))
+    out, t = jvp(f, (params,), (v,), method=method)
+    torch.testing.assert_close(out, f(params))
     torch.testing.assert_close(t, _jacobian_times(f, params, v), rtol=1e-10, atol=1e-12)
 
-    (o1, o2), (t1, t2) = jvp(lambda p: (p[0] * p[1], p[0].sin().sum()), (params["b"], v["b"]), (v["b"], params["b"]),
-                             method=method)  # tuple input, tuple output
-    torch.testing.assert_close(t1, v["b"] ** 2 + params["b"] ** 2)
-    torch.testing.assert_close(t2, (params["b"].cos() * v["b"]).sum())
+
+@pytest.mark.parametrize("method", ["forward_ad", "func"])
+def test_jvp_of_a_tuple_argument_with_a_tuple_output(method):
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    va, vb = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    (o1, o2), (t1, t2) = jvp(lambda p: (p[0] * p[1], p[0].sin().sum()), ((a, b),), ((va, vb),), method=method)
+    torch.testing.assert_close(o1, a * b)
+    torch.testing.assert_close(t1, va * b + a * vb)  # the product rule
+    torch.testing.assert_close(t2, (a.cos() * va).sum())
+
+
+@pytest.mark.parametrize("method", ["forward_ad", "func"])
+def test_jvp_of_several_arguments_sums_their_contributions(method):
+    """f(W, b, x) with three positional arguments of different kinds: J v = Σ_i ∂_i f · v_i, checked
+    against the reverse-mode gradient (f is scalar) and against one argument at a time."""
+    g = torch.Generator().manual_seed(6)
+    w = {"w": torch.randn(3, 4, generator=g, dtype=torch.float64)}
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    x = (torch.randn(5, 3, generator=g, dtype=torch.float64),)
+    vw = {"w": torch.randn(3, 4, generator=g, dtype=torch.float64)}
+    vb = torch.randn(4, generator=g, dtype=torch.float64)
+    vx = (torch.randn(5, 3, generator=g, dtype=torch.float64),)
+
+    def f(wd, bias, xs):
+        return torch.tanh(xs[0] @ wd["w"] + bias).pow(2).mean()
+
+    value, dot = jvp(f, (w, b, x), (vw, vb, vx), method=method)
+    leaves = [w["w"].clone().requires_grad_(), b.clone().requires_grad_(), x[0].clone().requires_grad_()]
+    ref = f({"w": leaves[0]}, leaves[1], (leaves[2],))
+    grads = torch.autograd.grad(ref, leaves)
+    expected = sum(float((gr * t).sum()) for gr, t in zip(grads, (vw["w"], vb, vx[0])))
+    assert float(value) == pytest.approx(float(ref.detach()), rel=1e-14)
+    assert float(dot) == pytest.approx(expected, rel=1e-10)
+    zero = lambda t: torch.zeros_like(t)  # noqa: E731
+    parts = [
+        jvp(f, (w, b, x), (vw, zero(b), (zero(x[0]),)), method=method)[1],
+        jvp(f, (w, b, x), ({"w": zero(w["w"])}, vb, (zero(x[0]),)), method=method)[1],
+        jvp(f, (w, b, x), ({"w": zero(w["w"])}, zero(b), vx), method=method)[1],
+    ]
+    assert float(sum(parts)) == pytest.approx(float(dot), rel=1e-12)
 
 
 def test_jvp_output_that_does_not_depend_on_the_input_has_zero_tangent():
     c = torch.ones(3)
-    out, t = jvp(lambda x: (x.sum(), c * 2), torch.zeros(2), torch.ones(2))
+    out, t = jvp(lambda x: (x.sum(), c * 2), (torch.zeros(2),), (torch.ones(2),))
     assert float(t[0]) == 2.0 and torch.equal(t[1], torch.zeros(3))
 
 
 @pytest.mark.parametrize(
     ("primals", "tangents", "match"),
     [
-        (torch.zeros(3), torch.zeros(4), "shape"),
-        (torch.zeros(3), torch.zeros(3, dtype=torch.float64), "dtype"),
-        ({"a": torch.zeros(2)}, {"a": torch.zeros(2, 1)}, "shape"),
-        ({"a": torch.zeros(2)}, {"b": torch.zeros(2)}, "keys"),
-        ((torch.zeros(2),), (torch.zeros(2), torch.zeros(2)), "length"),
-        ((torch.zeros(2),), [torch.zeros(2)], "structure"),
-        (torch.zeros(2), {"a": torch.zeros(2)}, "structure"),
-        (torch.zeros(2, dtype=torch.int64), torch.zeros(2, dtype=torch.int64), "floating"),
+        ((torch.zeros(3),), (torch.zeros(4),), "shape"),
+        ((torch.zeros(3),), (torch.zeros(3, dtype=torch.float64),), "dtype"),
+        (({"a": torch.zeros(2)},), ({"a": torch.zeros(2, 1)},), "shape"),
+        (({"a": torch.zeros(2)},), ({"b": torch.zeros(2)},), "keys"),
+        (((torch.zeros(2),),), ((torch.zeros(2), torch.zeros(2)),), "length"),
+        (((torch.zeros(2),),), ([torch.zeros(2)],), "structure"),
+        ((torch.zeros(2),), ({"a": torch.zeros(2)},), "structure"),
+        ((torch.zeros(2), {"a": torch.zeros(2)}), (torch.zeros(2), (torch.zeros(2),)), "structure"),
+        ((torch.zeros(2, dtype=torch.int64),), (torch.zeros(2, dtype=torch.int64),), "floating"),
+        ((torch.zeros(2),), (torch.zeros(2), torch.zeros(2)), "primals has 1 arguments but tangents has 2"),
+        ((torch.zeros(2), torch.zeros(2)), (torch.zeros(2),), "primals has 2 arguments but tangents has 1"),
+        ((), (), "at least one"),
     ],
 )
 def test_jvp_rejects_mismatched_primals_and_tangents(primals, tangents, match):
     with pytest.raises(ValueError, match=match):
-        jvp(lambda p: p, primals, tangents)
+        jvp(lambda *p: p[0], primals, tangents)
+
+
+def test_jvp_names_the_argument_that_differs():
+    with pytest.raises(ValueError, match=r"tangents\[1\] has shape \(3,\) but primals\[1\] has \(2,\)"):
+        jvp(lambda a, b: a + b, (torch.zeros(2), torch.zeros(2)), (torch.zeros(2), torch.zeros(3)))
+    with pytest.raises(ValueError, match=r"tangents\[0\]\['w'\] has shape"):
+        jvp(lambda p: p["w"], ({"w": torch.zeros(2)},), ({"w": torch.zeros(1)},))
+
+
+@pytest.mark.parametrize("bare", [torch.zeros(2), [torch.zeros(2)], {"a": torch.zeros(2)}])
+def test_jvp_needs_tuples_of_arguments_not_a_bare_argument(bare):
+    with pytest.raises(TypeError, match=r"must be a tuple of f's positional arguments.*jvp\(f, \(x,\), \(v,\)\)"):
+        jvp(lambda p: p, bare, bare)
+    with pytest.raises(TypeError, match="tangents must be a tuple"):
+        jvp(lambda p: p, (torch.zeros(2),), torch.zeros(2))
 
 
 def test_jvp_and_module_jvp_argument_errors():
     with pytest.raises(TypeError, match="tensor"):
-        jvp(lambda p: p, [1.0, 2.0], [1.0, 2.0])
+        jvp(lambda p: p, ([1.0, 2.0],), ([1.0, 2.0],))
     with pytest.raises(TypeError, match="callable"):
-        jvp(3, torch.zeros(1), torch.zeros(1))
+        jvp(3, (torch.zeros(1),), (torch.zeros(1),))
     with pytest.raises(ValueError, match="method"):
-        jvp(lambda p: p, torch.zeros(1), torch.zeros(1), method="double_vjp")
+        jvp(lambda p: p, (torch.zeros(1),), (torch.zeros(1),), method="double_vjp")
+    with pytest.raises(TypeError, match="f must return"):
+        jvp(lambda p: 3.0, (torch.zeros(1),), (torch.zeros(1),))
     model = mlp([2, 2], flatten=False)
     with pytest.raises(ValueError, match="does not have"):
         module_jvp(model, lambda: model(torch.zeros(1, 2)), {"nope": torch.zeros(2)})
@@ -431,6 +495,8 @@ def test_jvp_and_module_jvp_argument_errors():
         module_jvp(model, lambda: model(torch.zeros(1, 2)), {"0.bias": torch.zeros(3)})
     with pytest.raises(TypeError, match="nn.Module"):
         module_jvp(lambda: 0, lambda: 0, {})
+    with pytest.raises(TypeError, match="dict of parameter name"):
+        module_jvp(model, lambda: model(torch.zeros(1, 2)), [torch.zeros(2)])
 
 
 def test_scalar_directional_derivative_is_gradient_dot_v():
@@ -440,29 +506,52 @@ def test_scalar_directional_derivative_is_gradient_dot_v():
     def rosenbrock(x):
         return (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum()
 
-    _, dd = jvp(rosenbrock, theta, v)
+    _, dd = jvp(rosenbrock, (theta,), (v,))
     grad = torch.func.grad(rosenbrock)(theta)
     assert float(dd) == pytest.approx(float(grad @ v), rel=1e-12)
     assert math.isfinite(float(dd))
 
 
-def test_bench_modes_command_writes_consistent_json(tmp_path, capsys):
-    """The benchmark runs end to end on tiny sizes (no timing is asserted, only its bookkeeping)."""
-    import json
+# ---------------------------------------------------------------------------------------------
+# call_with
+# ---------------------------------------------------------------------------------------------
 
-    from ffkit.commands import bench_modes
 
-    out = tmp_path / "bench.json"
-    argv = ["--sizes", "6", "5", "3", "--batch", "4", "--rounds", "3", "--hidden", "1", "2",
-            "--gradient-rounds", "1", "--out", str(out)]
-    assert bench_modes.main(argv) == 0
-    result = json.loads(out.read_text())
-    cost = result["cost"]
-    assert cost["n_parameters"] == 6 * 5 + 5 + 5 * 3 + 3
-    assert cost["median_ratio"]["forward pass"] == 1.0
-    assert cost["R_f"] == cost["median_ratio"]["JVP, forward_ad"] and cost["R_b"] == cost["median_ratio"]["VJP, backward()"]
-    assert result["full_gradient"]["n"] == [13 * 1 + 4, 13 * 2 + 4]
-    assert all(t > 0 for t in result["full_gradient"]["one VJP"])
-    assert "R_f =" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        bench_modes.main(["--rounds", "1"])
+def test_call_with_runs_the_closure_with_the_given_parameters_and_leaves_the_model_alone():
+    model = mlp([3, 4, 2], flatten=False, generator_seed=0).double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    new = {n: torch.randn_like(p) for n, p in before.items()}
+    out = call_with(model, lambda: model(x), new)
+    torch.testing.assert_close(out, torch.func.functional_call(model, new, (x,)), rtol=0, atol=0)
+    assert not torch.equal(out, model(x))
+    # parameters left out keep their values
+    partial = call_with(model, lambda: model(x), {"2.bias": new["2.bias"]})
+    torch.testing.assert_close(partial, model(x) - before["2.bias"] + new["2.bias"], rtol=1e-14, atol=1e-14)
+    for n, p in model.named_parameters():
+        assert isinstance(p, torch.nn.Parameter) and torch.equal(p, before[n])
+
+
+def test_call_with_restores_the_model_when_the_closure_raises():
+    model = mlp([3, 2], flatten=False, generator_seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def failing():
+        model(torch.zeros(1, 3))
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        call_with(model, failing, {n: torch.zeros_like(p) for n, p in before.items()})
+    for n, p in model.named_parameters():
+        assert isinstance(p, torch.nn.Parameter) and torch.equal(p, before[n])
+
+
+def test_call_with_replaces_a_tied_parameter_under_either_name():
+    first = torch.nn.Linear(3, 3, bias=False)
+    model = torch.nn.Sequential(first, torch.nn.Tanh(), torch.nn.Linear(3, 3, bias=False))
+    model[2].weight = first.weight
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(3, 3, generator=torch.Generator().manual_seed(2))
+    expected = torch.tanh(x @ w.T) @ w.T  # both layers use the replacement
+    for name in ("0.weight", "2.weight"):
+        torch.testing.assert_close(call_with(model, lambda: model(x), {name: w}), expected)

@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
-from ffkit.__main__ import main
+from ffkit.__main__ import _commands, main
+from ffkit.models import count_parameters, mlp
+
+COMMANDS = list(_commands())
 
 
 def test_help_lists_every_command(capsys) -> None:
@@ -43,3 +47,27 @@ def test_notebooks_command_executes_in_place(tmp_path: Path) -> None:
 def test_notebooks_command_rejects_missing_files(tmp_path: Path, capsys) -> None:
     assert main(["notebooks", str(tmp_path / "missing.ipynb")]) == 2
     assert "not a notebook" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_answers_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m ffkit NAME --help`` through the same dispatch, in this process (a subprocess per
+    command would import torch nine times)."""
+    with pytest.raises(SystemExit) as info:
+        main([name, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m ffkit {name}")
+
+
+def test_dp_train_command_runs_as_one_worker(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from ffkit.commands import dp_train
+
+    monkeypatch.delenv("RANK", raising=False)
+    argv = ["--data", "synthetic", "--steps", "3", "--limit", "64", "--batch", "8", "--width", "8", "--directions", "2"]
+    assert dp_train.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 worker(s)" in out and "per step: 8 (predicted 8)" in out  # K = 2 float32 numbers
+    assert dp_train.main(argv[:-2] + ["--scheme", "all-reduce"]) == 0
+    n = count_parameters(mlp([784, 8, 10]))
+    assert f"per step: {4 * n} (predicted {4 * n})" in capsys.readouterr().out

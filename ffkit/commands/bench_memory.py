@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ffkit import results
 from ffkit.profile import METHODS, StepProfile, measure_step
 
 MiB = 2**20
-LEAN_TARGET = 1.2
 
 
 def _table(rows: list[StepProfile], timed: list[StepProfile]) -> str:
@@ -34,10 +32,10 @@ def _table(rows: list[StepProfile], timed: list[StepProfile]) -> str:
     return "\n".join(lines)
 
 
-def _sweep(name: str, values: list[int], fixed: dict[str, int], repeats: int) -> list[dict[str, object]]:
+def _sweep(name: str, values: list[int], fixed: dict[str, int], repeats: int, methods: list[str]) -> list[dict[str, object]]:
     rows = []
     for value in values:
-        for method in METHODS:
+        for method in methods:
             sizes = {**fixed, name: value}
             profile = measure_step(method, width=sizes["width"], depth=sizes["depth"], batch=sizes["batch"], repeats=repeats)
             rows.append(asdict(profile))
@@ -52,45 +50,44 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per method (median)")
     parser.add_argument("--sweep", action="store_true", help="also measure memory versus depth and versus batch")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated subset of: " + ", ".join(METHODS) + " (inference is always measured)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    methods = ["inference"] + [m for m in METHODS if m in chosen and m != "inference"]
 
     print(f"MLP width {args.width}, depth {args.depth}, batch {args.batch}, float32, {torch.get_num_threads()} threads")
     print("each step measured in a fresh process; peak resident memory above the process baseline;")
     print("memory with freed memory returned to the system, time (median) with glibc's default allocator\n")
-    reference = [measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=0) for m in METHODS]
+    reference = [measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=0) for m in methods]
     default = [
         measure_step(m, width=args.width, depth=args.depth, batch=args.batch, repeats=args.repeats, allocator="default")
-        for m in METHODS
+        for m in methods
     ]
     print(_table(reference, default))
     base = reference[0]
     ratios = {r.method: r.footprint_bytes / base.footprint_bytes for r in reference}
-    lean = ratios["lean forward gradient"]
-    verdict = "met" if lean <= LEAN_TARGET else "MISSED"
-    print(
-        f"\nlean forward gradient: {lean:.2f}x inference (target <= {LEAN_TARGET}x: {verdict}); "
-        f"backprop {ratios['backprop']:.2f}x; naive forward gradient {ratios['forward gradient']:.2f}x; "
-        f"checkpointing {ratios['checkpointing']:.2f}x"
-    )
+    print("\nfootprint as a multiple of inference's: " + ", ".join(f"{m} {r:.2f}x" for m, r in ratios.items() if m != "inference"))
     print("\nfootprint with glibc's default (caching) allocator policy:")
     for r in default:
         print(f"  {r.method:<22} footprint {r.footprint_bytes / MiB:8.1f} MiB = {r.footprint_bytes / default[0].footprint_bytes:.2f}x inference")
 
+    settings = {"width": args.width, "depth": args.depth, "batch": args.batch, "repeats": args.repeats, "dtype": "float32",
+                "methods": methods}
     result: dict[str, object] = {
-        "command": "python -m ffkit bench-memory " + " ".join(argv),
-        "config": {"width": args.width, "depth": args.depth, "batch": args.batch, "repeats": args.repeats, "dtype": "float32"},
-        "machine": {"torch": torch.__version__, "platform": platform.platform(), "threads": 2},
         "reference": [asdict(r) for r in reference],
         "reference_default_allocator": [asdict(r) for r in default],
     }
     if args.sweep:
         print("\nmemory versus depth (width 512, batch 256):")
-        result["depth_sweep"] = _sweep("depth", [1, 2, 4, 8, 16, 32, 64], {"width": 512, "batch": 256}, repeats=0)
+        result["depth_sweep"] = _sweep("depth", [1, 2, 4, 8, 16, 32, 64], {"width": 512, "batch": 256}, repeats=0, methods=methods)
         print("\nmemory versus batch (width 512, depth 16):")
-        result["batch_sweep"] = _sweep("batch", [16, 64, 256, 1024, 4096], {"width": 512, "depth": 16}, repeats=0)
+        result["batch_sweep"] = _sweep("batch", [16, 64, 256, 1024, 4096], {"width": 512, "depth": 16}, repeats=0, methods=methods)
     if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"\nwrote {args.output}", file=sys.stderr)
+        path = results.write(args.output, results.envelope(results.command_line(argv, name="bench-memory"), settings, result))
+        print(f"\nwrote {path}", file=sys.stderr)
     return 0

@@ -29,7 +29,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ffkit.data import batches, load_dataset
-from ffkit.distributed import AllReduceGradient, SharedSeedForwardGradient, init_from_env, shard
+from ffkit.distributed import init_from_env, shard
+from ffkit.methods import AllReduceGradient, Method, SharedSeedForwardGradient
 from ffkit.models import count_parameters, mlp
 from ffkit.train import accuracy, cycle, fit
 
@@ -75,6 +76,7 @@ def main(argv: list[str]) -> int:
             x, y = _synthetic(args.limit + 2000, args.seed)
             x, y, x_test, y_test = x[: args.limit], y[: args.limit], x[args.limit :], y[args.limit :]
         model = mlp([784, args.width, 10], generator_seed=args.seed)
+        grad_fn: Method
         if args.scheme == "shared-seed":
             grad_fn = SharedSeedForwardGradient(args.directions, seed=args.seed, sampler=args.sampler)
             predicted, lr = 4 * args.directions, 0.01
@@ -85,14 +87,14 @@ def main(argv: list[str]) -> int:
         order = torch.Generator().manual_seed(args.seed)  # the same global batches on every worker
         data = (shard(xb, yb, rank, world_size) for xb, yb in cycle(lambda: batches(x, y, args.batch, generator=order)))
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        history = fit(model, nn.functional.cross_entropy, data, opt, steps=args.steps, grad_fn=grad_fn)
+        history = fit(model, grad_fn, data, opt, steps=args.steps)
         theta = nn.utils.parameters_to_vector(model.parameters()).detach()
         if rank == 0:
             first, last = history.loss[0], sum(history.loss[-10:]) / len(history.loss[-10:])
             print(f"{args.scheme}, {world_size} worker(s), n = {count_parameters(model)} parameters, {args.steps} steps")
             print(f"  shard loss: first {first:.4f}, mean of the last 10 steps {last:.4f}")
             print(f"  test accuracy {accuracy(model, x_test, y_test):.4f}")
-            print(f"  bytes handed to all_reduce per step: {grad_fn.stats.bytes // args.steps} (predicted {predicted})")
+            print(f"  bytes handed to all_reduce per step: {grad_fn.stats.bytes // args.steps} (predicted {predicted})")  # type: ignore[attr-defined]
             print(f"  parameter fingerprint: sum {float(theta.double().sum()):.6f}, sum of squares {float(theta.double().square().sum()):.6f}")
     finally:
         if dist.is_initialized():

@@ -241,8 +241,10 @@ def lean_forward_gradient_step(
     seed, step = check_seed(seed), check_step(step)
     _distinct(model)
     loss, dots = lean_directional_derivatives(model, inputs, loss_fn, sampler=dist, seed=seed, step=step, directions=k)
-    if reduce is not None:
-        reduce(dots)
+    if reduce is not None:  # averaged over workers in the parameters' dtype (4K bytes in float32)
+        shared = dots.to(next(model.parameters()).dtype)
+        reduce(shared)
+        dots = shared.to(torch.float64)
         _finite(loss, dots.tolist())
     apply_regenerated(model, dots, lr=lr, sampler=dist, seed=seed, step=step)
     return LeanStep(loss=loss, dots=dots)
@@ -263,9 +265,10 @@ def plain_forward_gradient_step(
 
     Draws the same tangents as :func:`lean_forward_gradient_step`, computes each ∇f·v_k with one
     forward-mode pass over the whole model (:func:`ffkit.autodiff.module_jvp`), forms
-    g = (1/K) Σ_k (∇f·v_k) v_k and subtracts η g. It holds K + 1 model-sized buffers at the moment
-    of the update; it is the reference the lean step is tested against and the "naive" row of the
-    memory benchmark. Works for any ``nn.Module``.
+    g = (1/K) Σ_k (∇f·v_k) v_k in the buffers of v_1 (scaled in place, as
+    :class:`~ffkit.methods.ForwardGradient` does) and subtracts η g. It holds K model-sized
+    buffers at the moment of the update (one for K = 1); it is the reference the lean step is
+    tested against and the "plain" row of the memory benchmark. Works for any ``nn.Module``.
     """
     _check_inputs(inputs)
     lr = check_lr(lr)
@@ -284,7 +287,7 @@ def plain_forward_gradient_step(
         dots.append(float(dot))
     _finite(losses[0], dots)
     with torch.no_grad():
-        g = tg.combine(dots, vs)
+        g = tg.combine(dots, vs)  # v_1 scaled in place becomes g: K model-sized buffers in all
         for p, gp in zip(params, g):
             p.sub_(gp, alpha=lr)
     return LeanStep(loss=losses[0], dots=torch.tensor(dots, dtype=torch.float64))
@@ -320,6 +323,8 @@ class LeanForwardGradient(Method):
         seed: int | None = None,
         loss: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable as loss(output, target), got {type(loss).__name__}")
         self.lr = check_lr(lr)
         self.directions = check_directions(directions)
         self.distribution = tg.get(sampler)
