@@ -10,10 +10,12 @@ floor                     modules
 foundations               ``autodiff``, ``tangents``, ``data``, ``models``, ``theory``,
                           ``quadratic``, ``pipeline``, ``distributed``, ``bench``,
                           ``results``, ``plot``, ``testfunctions``, ``local_mixer``,
-                          ``_setup``, ``_book`` (the notebooks' conventions)
+                          ``forward_forward``, ``ff_data``, ``_setup``, ``_book`` (the
+                          notebooks' conventions)
 methods                   ``methods`` (backprop, forward gradients, lean, shared seed,
-                          local losses, structured and guessed tangents), ``perturbation``
-training and measuring    ``train``, ``variance``, ``profile``, ``experiments``
+                          local losses, structured and guessed tangents, Forward-Forward),
+                          ``perturbation``
+training and measuring    ``train``, ``variance``, ``profile``, ``probes``, ``experiments``
 command line              ``commands`` (``python -m ffkit``)
 ========================  ===============================================================
 
@@ -49,11 +51,14 @@ _SUBMODULES = (
     "data",
     "distributed",
     "experiments",
+    "ff_data",
+    "forward_forward",
     "methods",
     "models",
     "perturbation",
     "pipeline",
     "plot",
+    "probes",
     "profile",
     "quadratic",
     "results",

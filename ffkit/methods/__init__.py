@@ -21,6 +21,10 @@ method                              what fills ``.grad``
 :class:`LowRankForwardGradient`     FG-W of an MLP with rank-r weight tangents, the forward pass
                                     written out
 :class:`GuessedForwardGradient`     the projection of ∇L onto a guess (a local loss's gradient)
+:class:`ForwardForward`             each layer's own Forward-Forward loss: exact local gradients
+                                    (one product per layer), or forward gradients per layer
+                                    (:class:`ForwardGradientForwardForward`); supervised or
+                                    unsupervised (:class:`UnsupervisedForwardForward`)
 ==================================  ========================================================
 
 Methods are registered by name (:func:`create`, :func:`names`); new ones subclass
@@ -43,6 +47,11 @@ from ffkit.methods.base import (
     names,
     register,
 )
+from ffkit.methods.forward_forward import (
+    ForwardForward,
+    ForwardGradientForwardForward,
+    UnsupervisedForwardForward,
+)
 from ffkit.methods.forward_gradient import ForwardGradient, forward_gradient
 from ffkit.methods.guess import GuessedForwardGradient
 from ffkit.methods.lean import LeanForwardGradient, lean_forward_gradient_step, plain_forward_gradient_step
@@ -62,7 +71,9 @@ __all__ = [
     "Backprop",
     "Batch",
     "DivergenceError",
+    "ForwardForward",
     "ForwardGradient",
+    "ForwardGradientForwardForward",
     "GradFn",
     "GuessedForwardGradient",
     "LeanForwardGradient",
@@ -75,6 +86,7 @@ __all__ = [
     "Method",
     "SharedSeedForwardGradient",
     "StepResult",
+    "UnsupervisedForwardForward",
     "WeightPerturbation",
     "backprop_grad",
     "create",
