@@ -12,7 +12,7 @@ without training, ``--lr-from-tuning`` trains with the stored rates)::
     python -m ffkit local-mnist --arch M/1/16 --algorithm LG-FG-A --epochs 20 --seeds 0,1,2 --tune
     python -m ffkit local-mnist --arch S/1/1,M/1/16 --algorithm all --tune-only
     python -m ffkit local-mnist --arch S/1/1,M/1/16 --algorithm all --epochs 30 --seeds 0,1,2 --lr-from-tuning
-    python -m ffkit local-mnist --arch M/1/16 --algorithm BP --epochs 1 --device cuda --out /tmp/x.json
+    python -m ffkit local-mnist --arch M/1/16 --algorithm BP --epochs 1 --device cuda --out local_mnist_gpu.json
 """
 
 from __future__ import annotations
