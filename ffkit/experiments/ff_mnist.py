@@ -425,8 +425,8 @@ def bench(config: Config, *, steps: int = 30, rounds: int = 5) -> dict[str, dict
     chunks = [(x[i : i + config.batch], y[i : i + config.batch]) for i in range(0, len(x), config.batch)]
     variants = {}
 
-    def ffkit_variant(dtype: str) -> Callable[[], None]:
-        model, method, optimizer = build(replace(config, variant="supervised", dtype=dtype))
+    def method_variant(variant: str, dtype: str | None = None) -> Callable[[], None]:
+        model, method, optimizer = build(replace(config, variant=variant, dtype=dtype or config.dtype))
 
         def go() -> None:
             for batch in chunks:
@@ -449,22 +449,11 @@ def bench(config: Config, *, steps: int = 30, rounds: int = 5) -> dict[str, dict
 
         return go
 
-    def backprop_variant() -> Callable[[], None]:
-        model, method, optimizer = build(replace(config, variant="backprop"))
-
-        def go() -> None:
-            for batch in chunks:
-                optimizer.zero_grad(set_to_none=True)
-                method.step(model, batch)
-                optimizer.step()
-
-        return go
-
-    variants["ffkit, float32"] = ffkit_variant("float32")
-    variants["ffkit, bfloat16 products"] = ffkit_variant("bfloat16")
+    variants["ffkit, float32"] = method_variant("supervised", "float32")
+    variants["ffkit, bfloat16 products"] = method_variant("supervised", "bfloat16")
     variants["autograd per layer"] = autograd_variant(False)
     variants["autograd per layer + all-label pass"] = autograd_variant(True)
-    variants["backprop, same layers"] = backprop_variant()
+    variants["backprop, same layers"] = method_variant("backprop")
     timings = interleaved(variants, rounds=rounds, warmup=1)
     per_epoch = 60000 / config.batch / len(chunks)
     return {name: {"per_epoch": t.median * per_epoch, "min_per_epoch": t.minimum * per_epoch, **t.as_dict()}

@@ -63,8 +63,9 @@ exact gradients.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,6 +159,18 @@ def local_losses(model: LocalMixer, x: Tensor, y: Tensor) -> tuple[Tensor, Mixer
 ENGINES = ("jvp", "forward-ad")
 
 Pairs = list[tuple[Tensor, "Tensor | None"]]
+
+
+def _step_result(method: Any, passes: Iterable[MixerLosses]) -> StepResult:
+    """Run the K passes of one step (each adds its 1/K share to ``.grad``), advance the method's
+    step counter, and report the losses of the first pass."""
+    first = None
+    for k, losses in enumerate(passes):
+        if k == 0:
+            first = losses
+    method.t += 1
+    assert first is not None
+    return StepResult(check_finite(first.total(method.local), "the training loss"), first.details())
 
 
 def _check_engine(engine: str) -> str:
@@ -466,15 +479,9 @@ class _MixerMethod(Method):
     def step(self, model: nn.Module, batch: Batch) -> StepResult:
         model = _mixer(model, self)
         x, y = inputs_targets(batch, self)
-        losses = None
-        for k in range(self.directions):
-            gen = tg.generator(self.seed, self.t, k, x.device)
-            result = self._pass(model, x, y, gen, 1.0 / self.directions, k == 0)
-            if k == 0:
-                losses = result
-        self.t += 1
-        assert losses is not None
-        return StepResult(check_finite(losses.total(self.local), "the training loss"), losses.details())
+        passes = (self._pass(model, x, y, tg.generator(self.seed, self.t, k, x.device), 1.0 / self.directions, k == 0)
+                  for k in range(self.directions))
+        return _step_result(self, passes)
 
 
 @register("lg-bp")
@@ -573,15 +580,10 @@ class WeightPerturbation(_MixerMethod):
         matrices = [p is layer.weight and p.ndim == 2 for _, p, layer in named]
         draws = tg.directions(params, self.directions, kind=self.tangent, distribution=self.distribution,
                               seed=self.seed, step=self.t, rank=self.rank, matrices=matrices)
-        losses = None
-        for k, v in enumerate(draws):
-            result = weight_gradient(model, x, y, v, local=self.local, scale=1.0 / self.directions,
-                                     fill_heads=k == 0, engine=self.engine)
-            if k == 0:
-                losses = result
-        self.t += 1
-        assert losses is not None
-        return StepResult(check_finite(losses.total(self.local), "the training loss"), losses.details())
+        passes = (weight_gradient(model, x, y, v, local=self.local, scale=1.0 / self.directions,
+                                  fill_heads=k == 0, engine=self.engine)
+                  for k, v in enumerate(draws))
+        return _step_result(self, passes)
 
 
 @register("lg-fg-w")
