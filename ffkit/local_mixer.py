@@ -74,6 +74,7 @@ __all__ = [
     "layer_norm_vjp",
     "parameter_count",
     "tangent_forward",
+    "token_mean",
 ]
 
 #: ε of every layer norm.
@@ -135,6 +136,12 @@ def _config(arch: str | MixerConfig) -> MixerConfig:
 
 
 # --------------------------------------------------------------------------- layer norm
+
+
+def token_mean(h: Tensor) -> Tensor:
+    """The spatial average (1/P) Σ_p h_{b,p} of tokens (B, P, C) -> (B, C); with one token a view
+    (a reduction over an axis of length one costs as much as a copy on a CPU)."""
+    return h.squeeze(1) if h.shape[1] == 1 else h.mean(1)
 
 
 def layer_norm(x: Tensor, size: int) -> Tensor:
@@ -422,7 +429,7 @@ class Unit(nn.Module):
             y = y + block_input
         out = F.relu(y)
         if site is not None:
-            site.mask = (_primal(out).detach() > 0).to(out.dtype)
+            site.mask = _primal(out).detach().sign()
         return out
 
     def jvp(
@@ -454,10 +461,11 @@ class Unit(nn.Module):
             y = y + block_input
             if block_tangent is not None:
                 dy = block_tangent if dy is None else dy + block_tangent
-        mask = (y > 0).to(y.dtype)
+        out = y.relu_()
+        mask = out.sign()  # 1 where the ReLU is active, else 0 (a float mask: bool ones are slow on CPUs)
         if site is not None:
             site.mask = mask
-        return y.mul(mask), (dy.mul_(mask) if dy is not None else None)
+        return out, (dy.mul_(mask) if dy is not None else None)
 
     def extra_repr(self) -> str:
         return f"pre_norm={self.pre}, post_norm={self.post}, residual={self.residual}, scope={self.scope!r}"
@@ -593,7 +601,7 @@ class LocalMixer(nn.Module):
 
     def head_features(self, h: Tensor) -> Tensor:
         """The final head's input: the layer-normed spatial average of the last block, (B, C)."""
-        return layer_norm(h.mean(1), h.shape[-1])
+        return layer_norm(token_mean(h), h.shape[-1])
 
     def block_features(self, h: Tensor) -> Tensor:
         """A block head's input before the spatial average: each group of h normalised, (B, P, C)."""
@@ -601,7 +609,7 @@ class LocalMixer(nn.Module):
 
     def block_logits(self, index: int, h: Tensor) -> Tensor:
         """Block head ``index`` on the spatial average of :meth:`block_features` (h)."""
-        return self.block_heads[index](self.block_features(h).mean(1))
+        return self.block_heads[index](token_mean(self.block_features(h)))
 
 
 @torch.no_grad()

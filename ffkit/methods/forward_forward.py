@@ -313,9 +313,11 @@ class ForwardForward(Method):
         peer_dz: Tensor | None, b: int, gens: list[torch.Generator], details: dict[str, Any], index: int,
     ) -> None:
         """Add the exact or forward-gradient estimate of ∇_{θ_l} L_l to ``.grad``."""
-        active = a > 0
-        if self.gradient == "activity" and peer_dz is not None:
-            active[:b] = True  # the peer term reaches inactive units of the positives
+        active = torch.ones(0)
+        if self.gradient != "exact" or self._collect is not None:
+            active = z.sign()  # 1[a > 0] as a float mask (z = relu(a); bool masks are slow on CPUs)
+            if self.gradient == "activity" and peer_dz is not None:
+                active[:b] = 1.0  # the peer term reaches inactive units of the positives
         if self.gradient == "exact" or self._collect is not None:
             delta = z * (c * dloss_dg).unsqueeze(1)  # δ = ∂L_l/∂a
             if peer_dz is not None:

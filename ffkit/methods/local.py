@@ -74,7 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ffkit import tangents as tg
-from ffkit.local_mixer import GroupLinear, LocalMixer, Trace, layer_norm_jvp, layer_norm_vjp, tangent_forward
+from ffkit.local_mixer import GroupLinear, LocalMixer, Trace, layer_norm_jvp, layer_norm_vjp, tangent_forward, token_mean
 from ffkit.methods.base import (
     Batch,
     DivergenceError,
@@ -244,7 +244,7 @@ def _directional(model: LocalMixer, pairs: Pairs, y: Tensor, local: bool, fill_h
     """
     channels, groups = model.config.channels, model.groups
     last, d_last = pairs[-1]
-    f, df, _, _ = layer_norm_jvp(last.mean(1), None if local or d_last is None else d_last.mean(1), channels)
+    f, df, _, _ = layer_norm_jvp(token_mean(last), None if local or d_last is None else token_mean(d_last), channels)
     head_loss, delta = _exact_head(model.head, f, y, fill=fill_heads)
     if not local:
         if df is None:
@@ -255,7 +255,7 @@ def _directional(model: LocalMixer, pairs: Pairs, y: Tensor, local: bool, fill_h
         if dh is None:
             raise ValueError(f"no tangent reached block {index}'s head")
         f, df, _, _ = layer_norm_jvp(h, dh, channels // groups)
-        loss, delta_l = _exact_head(model.block_heads[index], f.mean(1), y, fill=fill_heads)
+        loss, delta_l = _exact_head(model.block_heads[index], token_mean(f), y, fill=fill_heads)
         block_losses.append(loss)
         per_group = df.unflatten(-1, (groups, -1)) * delta_l.unflatten(-1, (groups, -1))[:, None]
         dds.append(per_group.sum(-1).div_(h.shape[1]))

@@ -114,19 +114,24 @@ class LowRankForwardGradient(Method):
                 if isinstance(m, nn.Linear):
                     z = F.linear(h, m.weight, m.bias)
                     v = of[id(m.weight)]
+                    c_dot = of[id(m.bias)] if m.bias is not None else None
+                    # ż = W ḣ + Ẇ h + ċ, each product accumulated into one buffer
                     if isinstance(v, tg.LowRank):
-                        dz = F.linear(dh, m.weight) if dh is not None else None
-                        part = (h @ v.right).div_(v.rank**0.5)
-                        dz = part @ v.left.T if dz is None else dz.addmm_(part, v.left.T)
+                        part = (h @ v.right).div_(v.rank**0.5)  # Bᵀ h / √r, r numbers per example
+                        if dh is not None:
+                            dz = F.linear(dh, m.weight, c_dot).addmm_(part, v.left.T)
+                        elif c_dot is not None:
+                            dz = torch.addmm(c_dot, part, v.left.T)
+                        else:
+                            dz = part @ v.left.T
                     else:
-                        dz = F.linear(h, v) if dh is None else F.linear(dh, m.weight).add_(F.linear(h, v))
-                    if m.bias is not None:
-                        dz.add_(of[id(m.bias)])
+                        dz = F.linear(h, v, c_dot)
+                        if dh is not None:
+                            dz.addmm_(dh, m.weight.T)
                     h, dh = z, dz
                 elif isinstance(m, nn.ReLU):
-                    mask = h > 0
                     h = h.clamp_min(0)
-                    dh = dh.mul_(mask) if dh is not None else None
+                    dh = dh.mul_(h.sign()) if dh is not None else None  # 1[z > 0] as a float mask
                 elif isinstance(m, nn.Tanh):
                     h = torch.tanh(h)
                     dh = dh.mul_(1 - h.square()) if dh is not None else None
@@ -148,8 +153,8 @@ class LowRankForwardGradient(Method):
             for p, v in zip(params, tangent):
                 if isinstance(v, tg.LowRank):
                     alpha = scale / v.rank**0.5
-                    if p.grad is None:
-                        p.grad = (v.left @ v.right.T).mul_(alpha)
+                    if p.grad is None:  # scale the m × r factor, not the m × n product
+                        p.grad = (v.left * alpha) @ v.right.T
                     else:
                         p.grad.addmm_(v.left, v.right.T, alpha=alpha)
                 elif p.grad is None:
