@@ -78,6 +78,32 @@ METHODS = (
 _LR = 1e-4
 
 
+# --------------------------------------------------------------------------- operator counts
+
+
+def count_ops(fn: Callable[[], Any]) -> dict[str, int]:
+    """How many ATen operators ``fn()`` runs, by name (``"aten.mm.default"``: 3, ...).
+
+    Every operator is one dispatch through PyTorch and, on a GPU, at least one kernel launch. When
+    tensors are small these fixed costs, not the arithmetic, set the time of a step, so the count
+    explains timings that multiply-adds do not. Operators that autograd runs in the backward pass
+    are counted too. Counted with ``torch.utils._python_dispatch.TorchDispatchMode``, which sees
+    every operator below autograd."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts: dict[str, int] = {}
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            name = str(func)
+            counts[name] = counts.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn()
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 # --------------------------------------------------------------------------- saved tensors
 
 

@@ -12,6 +12,7 @@ from ffkit.models import count_parameters
 from ffkit.profile import (
     METHODS,
     StepRunner,
+    count_ops,
     directional_derivatives,
     layer_timings,
     layers,
@@ -136,3 +137,30 @@ def test_bad_input() -> None:
         measure_step("backprop", width=4, depth=2, batch=2, allocator="jemalloc")
     with pytest.raises(TypeError, match="Sequential"):
         StepRunner("backprop", nn.Linear(2, 2), x, y)  # type: ignore[arg-type]
+
+
+def test_count_ops_counts_each_operator_once_per_call() -> None:
+    a, b = torch.randn(3, 4), torch.randn(3, 4)
+    bt = b.T.contiguous()
+    assert count_ops(lambda: a + b) == {"aten.add.Tensor": 1}
+
+    def chain() -> None:
+        c = a
+        for _ in range(5):
+            c = c * b
+        torch.mm(c, bt)
+
+    assert count_ops(chain) == {"aten.mul.Tensor": 5, "aten.mm.default": 1}
+    assert count_ops(lambda: b.T) == {"aten.permute.default": 1}  # views are operators too
+
+
+def test_count_ops_sees_the_backward_pass() -> None:
+    w = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(5, 4)
+    forward_only = count_ops(lambda: torch.mm(x, w).sum())
+    with_backward = count_ops(lambda: torch.mm(x, w).sum().backward())
+    assert forward_only == {"aten.mm.default": 1, "aten.sum.default": 1}
+    # the backward of mm needs one more mm (x^T times the incoming gradient), so mm is counted twice
+    assert with_backward["aten.mm.default"] == 2
+    assert sum(with_backward.values()) > sum(forward_only.values())
+    assert w.grad is not None and torch.allclose(w.grad, x.sum(0, keepdim=True).T.expand(4, 3))

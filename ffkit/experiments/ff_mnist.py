@@ -386,7 +386,7 @@ def _autograd_step(model: FFNet, x: Tensor, y: Tensor, gen: torch.Generator, all
     wrong = ff_data.wrong_labels(y, c, gen)
     rows = torch.cat([ff_data.overlay(x, y, c), ff_data.overlay(x, wrong, c)])
     h = normalize(rows, model.norm)
-    sign = torch.cat([torch.ones(b), -torch.ones(b)])
+    sign = torch.cat([torch.ones(b, device=x.device), -torch.ones(b, device=x.device)])
     for i, layer in enumerate(model.layers):
         z = torch.relu(layer(h.detach()))
         ff_loss(goodness(z, model.goodness_kind), model.thresholds[i], sign).backward()
@@ -439,7 +439,7 @@ def bench(config: Config, *, steps: int = 30, rounds: int = 5) -> dict[str, dict
     def autograd_variant(all_labels: bool) -> Callable[[], None]:
         model, _, optimizer = build(replace(config, variant="supervised"))
         assert isinstance(model, FFNet)
-        gen = torch.Generator().manual_seed(config.seed)
+        gen = torch.Generator(device=config.device).manual_seed(config.seed)
 
         def go() -> None:
             for bx, by in chunks:
