@@ -131,6 +131,8 @@ def main(argv: list[str]) -> int:
         for algorithm in algorithms:
             lr = args.lr if args.lr is not None else 1e-3
             key = f"{arch} {algorithm} {args.dataset}"
+            if args.directions != 1:  # a rate tuned for one tangent per step is not one for K
+                key += f" K={args.directions}"
             if args.lr_from_tuning:
                 if key not in tuning:
                     print(f"ffkit local-mnist: no tuned learning rate for {key} in {args.out}; run with --tune-only first",
