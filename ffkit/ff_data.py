@@ -57,11 +57,16 @@ def _check_labels(y: Tensor, n: int, classes: int) -> None:
         raise ValueError(f"labels must lie in 0..{classes - 1}, got {int(y.min())}..{int(y.max())}")
 
 
+def _draw_device(generator: torch.Generator | None, default: torch.device | str) -> torch.device | str:
+    """Where to draw: a generator draws on its own device (a CUDA one on the GPU), else ``default``."""
+    return generator.device if generator is not None else default
+
+
 def wrong_labels(y: Tensor, classes: int = 10, generator: torch.Generator | None = None) -> Tensor:
     """A wrong label for each label of ``y``, uniform on the C − 1 others: (y + k) mod C, k ~ U{1..C−1}."""
     _check_labels(y, y.shape[0] if isinstance(y, Tensor) and y.dim() == 1 else -1, classes)
-    where = generator.device if generator is not None else y.device  # a generator draws on its own device
-    shift = torch.randint(1, classes, y.shape, generator=generator, device=where).to(y.device)
+    shift = torch.randint(1, classes, y.shape, generator=generator, device=_draw_device(generator, y.device))
+    shift = shift.to(y.device)
     return (y + shift) % classes
 
 
@@ -98,8 +103,8 @@ def hybrid_masks(
     if isinstance(blurs, bool) or not isinstance(blurs, int) or blurs < 0:
         raise ValueError(f"blurs must be a non-negative int, got {blurs!r}")
     h, w = shape
-    where = generator.device if generator is not None else device  # a generator draws on its own device
-    m = torch.randint(0, 2, (n, h, w), generator=generator, device=where).to(device).float()
+    m = torch.randint(0, 2, (n, h, w), generator=generator, device=_draw_device(generator, device))
+    m = m.to(device).float()
     for _ in range(blurs):
         p = torch.cat([m[:, :, :1], m, m[:, :, -1:]], dim=2)
         m = 0.25 * p[:, :, :-2] + 0.5 * p[:, :, 1:-1] + 0.25 * p[:, :, 2:]
@@ -117,8 +122,7 @@ def hybrids(
     if x.dim() != 4 or x.shape[1] != 1 or x.shape[0] < 2:
         raise ValueError(f"hybrids needs N >= 2 one-channel images N × 1 × H × W, got {tuple(x.shape)}")
     n, _, h, w = x.shape
-    where = generator.device if generator is not None else torch.device("cpu")
-    offset = int(torch.randint(1, n, (), generator=generator, device=where))
+    offset = int(torch.randint(1, n, (), generator=generator, device=_draw_device(generator, "cpu")))
     partner = (torch.arange(n, device=x.device) + offset) % n
     masks = hybrid_masks(n, (h, w), blurs=blurs, generator=generator, device=x.device).unsqueeze(1)
     return masks * x + (1 - masks) * x[partner], masks, partner

@@ -21,8 +21,8 @@ entry of ``chapters/results/ff_mnist.json``.
 
 Usage::
 
-    git clone https://github.com/loeweX/Forward-Forward /tmp/loewex
-    FFKIT_DATA=../shared/data python tools/bench_loewex.py /tmp/loewex --threads 2
+    git clone https://github.com/loeweX/Forward-Forward ../loewex
+    FFKIT_DATA=../shared/data python tools/bench_loewex.py ../loewex --threads 2
 """
 
 from __future__ import annotations
