@@ -461,6 +461,7 @@ def test_ff_mnist_command_accumulates_runs_and_resumes(tmp_path: Path) -> None:
         assert {"variant", "layers", "width", "dataset", "epochs", "test_error", "seconds_per_epoch", "command"} <= set(r)
         assert 0 <= r["test_error"] <= 1 and r["complete"]
         assert "--checkpoint" not in r["command"]
+        assert r["environment"]["device"] == "cpu" and r["environment"]["threads"] == 1
     assert "--checkpoint" not in data["command"]
     # a finished run found in the checkpoint folder is not trained again
     again = _ff_mnist("--variant", "supervised", "--negatives", "hard", *common, cwd=tmp_path)

@@ -3,7 +3,8 @@
 Each run trains one fully connected network (``--layers`` × ``--width``) and records the test
 error per epoch under each classification rule, the training seconds per epoch, and a linear
 probe of every layer. Runs accumulate in ``chapters/results/ff_mnist.json`` under a key made of
-their settings (a run with the same key replaces the old one); the file is rewritten atomically
+their settings (a run with the same key replaces the old one), each with the environment it ran
+in (processor, threads, device); the file is rewritten atomically
 after every epoch, so a long run can be inspected while it trains, and with ``--checkpoint DIR``
 an interrupted run continues where it stopped::
 
@@ -229,6 +230,9 @@ def main(argv: list[str]) -> int:
         res = input_probe(configs[0])
         extra.setdefault("input_probes", {})[args.dataset] = {"train_error": res.train_error, "test_error": res.test_error}
 
+    # runs of several invocations share the file, so each run records where it was made
+    where = results.environment(args.device)
+
     def store(record: dict[str, Any]) -> None:
         # re-read the file first: another invocation may have added runs in the meantime
         current = _load(args.out)
@@ -236,6 +240,7 @@ def main(argv: list[str]) -> int:
         merged = _merge(current["results"] if current else {}, extra)
         saved = copy.deepcopy(record)
         saved["command"] = results.command_line(shown, name="ff-mnist")
+        saved["environment"] = where
         _write(args.out, shown, others + [saved], merged, threads, args.device)
 
     for config in configs:
