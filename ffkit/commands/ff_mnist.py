@@ -126,13 +126,14 @@ def _merge(current: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _write(path: Path, argv: list[str], runs: list[dict[str, Any]], extra: dict[str, Any], threads: int, device: str) -> None:
+def _write(path: Path, argv: list[str], runs: list[dict[str, Any]], extra: dict[str, Any], env: dict[str, Any]) -> None:
     data = results.envelope(
         command=results.command_line(argv, name="ff-mnist"),
-        settings={"threads": threads, "device": device,
-                  "note": "runs accumulate from several invocations; each run stores its own command and settings"},
+        settings={"threads": env["threads"], "device": env["device"],
+                  "note": "runs accumulate from several invocations; each run stores its own command, "
+                          "settings and environment"},
         results={"runs": runs, **extra},
-        env=results.environment(device), comparisons=_comparisons(runs),
+        env=env, comparisons=_comparisons(runs),
     )
     results.write(path, data)
 
@@ -172,6 +173,8 @@ def main(argv: list[str]) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    # runs of several invocations share the file, so each run records where it was made
+    env = results.environment(args.device)
 
     configs = []
     for variant in variants:
@@ -211,7 +214,7 @@ def main(argv: list[str]) -> int:
         }
         current = _load(args.out)
         _write(args.out, shown, current["results"]["runs"] if current else [],
-               _merge(current["results"] if current else {}, extra), threads, args.device)
+               _merge(current["results"] if current else {}, extra), env)
         return 0
     if args.untrained:
         found: dict[str, Any] = {}
@@ -223,15 +226,12 @@ def main(argv: list[str]) -> int:
             print(f"untrained {key}: probes " + " ".join(f"{100 * r.test_error:.2f}" for r in res) + " %")
         current = _load(args.out)
         _write(args.out, shown, current["results"]["runs"] if current else [],
-               _merge(current["results"] if current else {}, {"untrained_probes": found}), threads, args.device)
+               _merge(current["results"] if current else {}, {"untrained_probes": found}), env)
         return 0
 
     if not args.no_probes and args.dataset not in extra.get("input_probes", {}):
         res = input_probe(configs[0])
         extra.setdefault("input_probes", {})[args.dataset] = {"train_error": res.train_error, "test_error": res.test_error}
-
-    # runs of several invocations share the file, so each run records where it was made
-    where = results.environment(args.device)
 
     def store(record: dict[str, Any]) -> None:
         # re-read the file first: another invocation may have added runs in the meantime
@@ -240,8 +240,8 @@ def main(argv: list[str]) -> int:
         merged = _merge(current["results"] if current else {}, extra)
         saved = copy.deepcopy(record)
         saved["command"] = results.command_line(shown, name="ff-mnist")
-        saved["environment"] = where
-        _write(args.out, shown, others + [saved], merged, threads, args.device)
+        saved["environment"] = env
+        _write(args.out, shown, others + [saved], merged, env)
 
     for config in configs:
         key = run_key(config)
