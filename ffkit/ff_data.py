@@ -97,7 +97,12 @@ def hybrid_masks(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """``n`` masks (n × H × W, values 0 or 1) with large connected regions: random bits, blurred
-    ``blurs`` times by [¼, ½, ¼] along rows and along columns (edges repeated), thresholded at ½."""
+    ``blurs`` times by [¼, ½, ¼] along rows and along columns (edges repeated), thresholded at ½.
+
+    Each blur adds a variance of ½ px² along each axis, so after b blurs every value averages the
+    bits over a window of standard deviation √(b/2) px: more blurs, larger regions. Values of
+    exactly ½ go to the second image (0); they are common after a single blur, where the first
+    image gets about 44 % of the pixels instead of half."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
     if isinstance(blurs, bool) or not isinstance(blurs, int) or blurs < 0:

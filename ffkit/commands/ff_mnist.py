@@ -60,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cooldown", action="store_true", help="constant learning rate (no linear cool-down)")
     p.add_argument("--goodness", default="sum", choices=("sum", "mean"))
     p.add_argument("--peer", type=float, default=0.03, help="weight of peer normalisation (0: off)")
+    p.add_argument("--blurs", type=int, default=6, help="blurs of the hybrid masks (unsupervised; more: larger regions)")
     p.add_argument("--perturb", default="weight", choices=("weight", "activity"), help="forward-gradient tangents")
     p.add_argument("--directions", type=int, default=1, help="K tangents per step (forward-gradient)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -106,9 +107,11 @@ def _comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = best[0]
         mean = sum(r["test_error"] for r in best) / len(best)
         seeds = f"mean of {len(best)} seeds" if len(best) > 1 else "one run"
+        blurs = first["settings"].get("blurs", Config().blurs)
+        masks = f", masks of {blurs} blurs" if variant == "unsupervised" and blurs != Config().blurs else ""
         out.append({
             "quantity": f"MNIST test error, {variant} FF ({first['layers']} × {first['width']}, "
-                        f"{first['epochs']} epochs, {seeds})",
+                        f"{first['epochs']} epochs{masks}, {seeds})",
             "ours": round(100 * mean, 2), "paper": paper, "unit": "%", "source": source, "cite": cite,
         })
     return out
@@ -182,7 +185,7 @@ def main(argv: list[str]) -> int:
             options: dict[str, Any] = dict(
                 variant=variant, dataset=args.dataset, layers=args.layers, width=args.width, epochs=args.epochs,
                 batch=args.batch, optimizer=args.optimizer, cooldown=not args.no_cooldown, negatives=args.negatives,
-                goodness=args.goodness, peer=args.peer, perturb=args.perturb, directions=args.directions,
+                goodness=args.goodness, peer=args.peer, blurs=args.blurs, perturb=args.perturb, directions=args.directions,
                 dtype=args.dtype, seed=seed, train_size=args.train_size, eval_every=args.eval_every,
                 probes=not args.no_probes, device=args.device, eval_steps=eval_steps, eval_subset=args.eval_subset,
             )

@@ -51,7 +51,8 @@ class Config:
     test error every ``eval_every`` epochs, the error on the first ``eval_subset`` test images is
     recorded at the global steps ``eval_steps`` (a learning curve in steps); ``lr`` and
     ``weight_decay`` apply to the layers, ``readout_lr`` and ``readout_weight_decay`` to the
-    readout (and the backprop network's output layer).
+    readout (and the backprop network's output layer); ``blurs`` sets how often the masks of
+    the unsupervised hybrid negatives are blurred (:func:`ffkit.ff_data.hybrid_masks`).
     """
 
     variant: str = "supervised"
@@ -71,6 +72,7 @@ class Config:
     goodness: str = "sum"
     norm: str = "rms"
     peer: float = 0.03
+    blurs: int = 6
     perturb: str = "weight"
     directions: int = 1
     dtype: str = "float32"
@@ -91,6 +93,8 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.blurs, bool) or not isinstance(self.blurs, int) or self.blurs < 0:
+            raise ValueError(f"blurs must be a non-negative int, got {self.blurs!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         for name in ("lr", "readout_lr"):
@@ -110,6 +114,8 @@ def run_key(config: Config) -> str:
         parts.append(config.negatives)
     if config.variant == "forward-gradient":
         parts.append(f"{config.perturb}-K{config.directions}")
+    if config.variant == "unsupervised" and config.blurs != Config().blurs:
+        parts.append(f"blurs={config.blurs}")
     parts.append(f"{config.optimizer}-lr{config.lr:g}")
     defaults = Config()
     for name in ("goodness", "peer", "readout_lr", "weight_decay", "cooldown", "batch", "dtype"):
@@ -156,7 +162,7 @@ def build(config: Config, in_features: int = 784, classes: int = 10) -> tuple[nn
         if config.variant == "supervised":
             method = ForwardForward(negatives=config.negatives, seed=config.seed, dtype=config.dtype)
         elif config.variant == "unsupervised":
-            method = UnsupervisedForwardForward(seed=config.seed, dtype=config.dtype)
+            method = UnsupervisedForwardForward(seed=config.seed, dtype=config.dtype, blurs=config.blurs)
         else:
             method = ForwardGradientForwardForward(
                 gradient=config.perturb, negatives=config.negatives, directions=config.directions,
