@@ -9,6 +9,10 @@
 * Figures are drawn for the column: at most ``ffkit.plot.COLUMN_PX`` CSS pixels wide at 1:1 and
   stored at twice that resolution (``ffkit.plot.use_style`` does both).
 
+* Notebooks are executed and replayed in one environment, :data:`REPLAY_ENV`
+  (:func:`pin_replay_environment`): ``python -m ffkit notebooks`` stores outputs made in it and
+  ``pytest`` (nbval) compares against them in it.
+
 ``python -m ffkit notebooks --check`` reports what breaks these; tests/test_notebooks.py fails on
 it.
 """
@@ -16,6 +20,8 @@ it.
 from __future__ import annotations
 
 import base64
+import os
+import platform
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -27,6 +33,13 @@ from ffkit.results import REPOSITORY
 
 #: Characters of a stored output line or a shown code line that fit the book's text column.
 COLUMN_CHARS = 80
+
+REPLAY_ENV = {"PYTHONHASHSEED": "0", "ATEN_CPU_CAPABILITY": "avx2"}
+"""Environment of the kernels that execute and replay the notebooks. PyTorch picks its vectorised
+CPU kernels by the processor's instruction set, and float32 sums come out in the last digits
+differently with AVX-512 kernels than with AVX2 ones; after a few dozen training steps a printed
+norm can differ in its fourth digit. Pinning AVX2, which every x86-64 processor of the last decade
+has, makes the stored outputs replay on either kind of machine."""
 #: Image pixels per CSS pixel that a stored figure must have (2, less rounding).
 MIN_PIXEL_RATIO = 1.9
 #: Cell tags that hide a cell's code in the book (its output stays).
@@ -193,3 +206,16 @@ def relative_paths(nb: Any) -> list[str]:
             if _RELATIVE_RESULTS.search(line):
                 found.append(f"cell {number}: {line.strip()}")
     return found
+
+
+def pin_replay_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`REPLAY_ENV` in ``environ`` (default ``os.environ``) where it is not set already,
+    before notebook kernels start, so that they inherit it; the instruction-set pin only on x86-64
+    (elsewhere PyTorch has other kernels). Returns what was set."""
+    env = os.environ if environ is None else environ
+    wanted = dict(REPLAY_ENV)
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        wanted.pop("ATEN_CPU_CAPABILITY")
+    added = {k: v for k, v in wanted.items() if k not in env}
+    env.update(added)
+    return added

@@ -203,3 +203,32 @@ def test_notebooks_check_command_reports_problems(tmp_path: Path) -> None:
     failed = run(bad)
     assert failed.returncode == 1
     assert "first cell" in failed.stdout and "too wide: cell 1 code line 2: 125 characters" in failed.stdout
+
+
+def test_replay_environment_is_set_where_missing_and_kept_where_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_book.platform, "machine", lambda: "x86_64")
+    env = {"PYTHONHASHSEED": "7"}
+    added = _book.pin_replay_environment(env)
+    assert added == {"ATEN_CPU_CAPABILITY": "avx2"}
+    assert env == {"PYTHONHASHSEED": "7", "ATEN_CPU_CAPABILITY": "avx2"}
+    monkeypatch.setattr(_book.platform, "machine", lambda: "arm64")
+    env = {}
+    assert _book.pin_replay_environment(env) == {"PYTHONHASHSEED": "0"}
+    assert "ATEN_CPU_CAPABILITY" not in env
+
+
+def test_notebook_kernels_run_the_pinned_kernels() -> None:
+    # pytest's own process has pinned the environment (the repository's conftest.py), so a kernel
+    # it starts, like nbval's, uses the AVX2 kernels even on a processor with AVX-512
+    import subprocess
+
+    import torch
+
+    if "ATEN_CPU_CAPABILITY" not in _book.REPLAY_ENV or _book.platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the instruction set is pinned only on x86-64")
+    assert os.environ.get("ATEN_CPU_CAPABILITY") == "avx2"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this processor has no AVX2")
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "AVX2"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -68,7 +67,7 @@ def main(argv: list[str]) -> int:
             for p in problems:
                 print(f"  {p}")
         return 1 if failed else 0
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    _book.pin_replay_environment()
     for path in paths:
         if not path.is_file():
             print(f"not a notebook: {path}", file=sys.stderr)
