@@ -503,6 +503,21 @@ def test_ff_mnist_command_accumulates_runs_and_resumes(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["results"]["runs"][-1]["test_errors"] == runs[-1]["test_errors"]
 
 
+def test_ff_mnist_bench_is_keyed_by_the_kernels_it_ran(tmp_path: Path) -> None:
+    out = tmp_path / "ff.json"
+    result = _ff_mnist("--bench", "--layers", "1", "--width", "16", "--bench-steps", "2", "--rounds", "1",
+                       "--threads", "1", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (key, entry), = json.loads(out.read_text())["results"]["bench"].items()
+    capability = entry["cpu_capability"]
+    assert key == f"1x16/b100/t1/{capability.lower()}"
+    # the subprocess inherits this process's environment, so it dispatched to the same kernels
+    assert capability == os.environ.get("ATEN_CPU_CAPABILITY", capability).upper()
+    assert entry["environment"]["threads"] == 1 and entry["environment"]["device"] == "cpu"
+    assert "backprop, same layers" in entry["timings"] and "ffkit, bfloat16 products" in entry["timings"]
+    assert all(t["per_epoch"] > 0 for t in entry["timings"].values())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
