@@ -24,7 +24,7 @@ import os
 import platform
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +38,9 @@ REPLAY_ENV = {"PYTHONHASHSEED": "0", "ATEN_CPU_CAPABILITY": "avx2"}
 """Environment of the kernels that execute and replay the notebooks. PyTorch picks its vectorised
 CPU kernels by the processor's instruction set, and float32 sums come out in the last digits
 differently with AVX-512 kernels than with AVX2 ones; after a few dozen training steps a printed
-norm can differ in its fourth digit. Pinning AVX2, which every x86-64 processor of the last decade
-has, makes the stored outputs replay on either kind of machine."""
+norm can differ in its fourth digit. Pinning AVX2, which nearly every x86-64 processor made since
+2015 has, makes the stored outputs replay on either kind of machine."""
+
 #: Image pixels per CSS pixel that a stored figure must have (2, less rounding).
 MIN_PIXEL_RATIO = 1.9
 #: Cell tags that hide a cell's code in the book (its output stays).
@@ -208,7 +209,7 @@ def relative_paths(nb: Any) -> list[str]:
     return found
 
 
-def pin_replay_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+def pin_replay_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     """Set :data:`REPLAY_ENV` in ``environ`` (default ``os.environ``) where it is not set already,
     before notebook kernels start, so that they inherit it; the instruction-set pin only on x86-64
     (elsewhere PyTorch has other kernels). Returns what was set."""
