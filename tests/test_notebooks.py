@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -220,11 +221,9 @@ def test_replay_environment_is_set_where_missing_and_kept_where_set(monkeypatch:
 def test_notebook_kernels_run_the_pinned_kernels() -> None:
     # pytest's own process has pinned the environment (the repository's conftest.py), so a kernel
     # it starts, like nbval's, uses the AVX2 kernels even on a processor with AVX-512
-    import subprocess
-
     import torch
 
-    if "ATEN_CPU_CAPABILITY" not in _book.REPLAY_ENV or _book.platform.machine().lower() not in ("x86_64", "amd64"):
+    if "ATEN_CPU_CAPABILITY" not in _book.pin_replay_environment({}):
         pytest.skip("the instruction set is pinned only on x86-64")
     assert os.environ.get("ATEN_CPU_CAPABILITY") == "avx2"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):

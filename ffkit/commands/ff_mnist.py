@@ -211,12 +211,13 @@ def main(argv: list[str]) -> int:
             print(f"  {name:<36} {t['per_epoch']:7.2f} s   x{t['per_epoch'] / base:5.2f}")
         # processors differ in the kernels they run (bfloat16 products above all), so a CPU timing is
         # keyed by the instruction set PyTorch dispatched to, and every timing records its machine
-        where = f"/{torch.backends.cpu.get_cpu_capability().lower()}" if args.device == "cpu" else f"/{args.device}"
+        capability = torch.backends.cpu.get_cpu_capability()
+        where = f"/{capability.lower()}" if args.device == "cpu" else f"/{args.device}"
         extra.setdefault("bench", {})[f"{config.layers}x{config.width}/b{config.batch}/t{threads}{where}"] = {
             "command": results.command_line(shown, name="ff-mnist"), "threads": threads,
             "layers": config.layers, "width": config.width, "batch": config.batch,
             "steps_per_sample": args.bench_steps, "rounds": args.rounds, "device": args.device, "timings": timings,
-            "environment": env, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "environment": env, "cpu_capability": capability,
         }
         current = _load(args.out)
         _write(args.out, shown, current["results"]["runs"] if current else [],
